@@ -1,0 +1,50 @@
+"""django-perfkit: performance tooling for Django sites under real traffic.
+
+The public API is re-exported here. Importing this package reads no settings
+and imports nothing heavy: each name is imported on first access.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "PerfkitMiddleware",
+    "RequestRecord",
+    "__version__",
+    "current_record",
+    "get_gateway",
+    "record_request",
+    "timer",
+]
+
+_LAZY = {
+    "PerfkitMiddleware": "django_perfkit.middleware",
+    "RequestRecord": "django_perfkit.record",
+    "current_record": "django_perfkit.record",
+    "record_request": "django_perfkit.record",
+    "timer": "django_perfkit.record",
+    "get_gateway": "django_perfkit.redis",
+}
+
+if TYPE_CHECKING:
+    from django_perfkit.middleware import PerfkitMiddleware
+    from django_perfkit.record import RequestRecord, current_record, record_request, timer
+    from django_perfkit.redis import get_gateway
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'django_perfkit' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

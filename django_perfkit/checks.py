@@ -1,0 +1,239 @@
+"""System checks for the ``PERFKIT`` setting.
+
+They run with ``manage.py check``, ``migrate`` and ``runserver``, so a typo
+fails the deploy instead of the request. Ids are stable: documentation and
+``SILENCED_SYSTEM_CHECKS`` refer to them.
+
+========  =====================================================================
+id        what
+========  =====================================================================
+E001      ``PERFKIT`` is not a dict
+E002      ``REDIS_CACHE_ALIAS`` names no cache in ``CACHES``
+E003      ``REDIS_CACHE_ALIAS`` names a cache that is not a django-redis cache
+E004      a timeout or cool-down is not a number >= 0
+E005      ``SERVER_TIMING`` is not a known mode
+E006      a switch is not ``True``/``False``
+E007      a count is not a whole number >= 0 (or >= 1)
+E008      ``REDIS_URL`` is not a redis://, rediss:// or unix:// URL
+E009      ``KEY_PREFIX`` is empty or contains spaces or braces
+E010      ``REDIS_CLUSTER`` is on but ``REDIS_URL`` is not set
+W001      ``PERFKIT`` has a key perfkit does not know (a typo?)
+W002      ``PerfkitMiddleware`` is not in ``MIDDLEWARE``
+W003      ``PerfkitMiddleware`` is not first in ``MIDDLEWARE``
+W004      the default cache is not django-redis and perfkit was not told to run without Redis
+========  =====================================================================
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.utils.module_loading import import_string
+
+from django_perfkit.conf import DEFAULTS, SERVER_TIMING_MODES
+
+MIDDLEWARE_PATH = "django_perfkit.middleware.PerfkitMiddleware"
+
+_TIMEOUTS = ("REDIS_CONNECT_TIMEOUT", "REDIS_TIMEOUT", "BREAKER_COOLDOWN")
+_SWITCHES = ("ENABLED", "REDIS_CLUSTER", "COLLECT_QUERIES", "CAPTURE_CALL_SITES", "HIDE_SQL_PARAMS")
+_COUNTS = {"MAX_QUERIES_RECORDED": 0, "BREAKER_FAILURES": 1}
+
+
+def _is_django_redis(backend: Any) -> bool:
+    if not isinstance(backend, str):
+        return False
+    if backend == "django_redis.cache.RedisCache":
+        return True
+    try:
+        from django_redis.cache import RedisCache
+
+        cls = import_string(backend)
+    except ImportError:
+        return False
+    return isinstance(cls, type) and issubclass(cls, RedisCache)
+
+
+@register(Tags.compatibility)
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    raw = getattr(settings, "PERFKIT", {})
+    if not isinstance(raw, dict):
+        return [
+            Error(
+                f"PERFKIT must be a dict, not {type(raw).__name__}.",
+                hint='Write PERFKIT = {"SERVER_TIMING": "all", ...} in your settings, '
+                "or remove it to use the defaults.",
+                id="perfkit.E001",
+            )
+        ]
+    errors: list[CheckMessage] = []
+
+    for key in raw:
+        if key not in DEFAULTS:
+            close = difflib.get_close_matches(str(key), list(DEFAULTS), n=1)
+            hint = (
+                f'Did you mean "{close[0]}"?'
+                if close
+                else ("See the configuration reference for the keys perfkit reads.")
+            )
+            errors.append(
+                Warning(f'PERFKIT has an unknown key "{key}".', hint=hint, id="perfkit.W001")
+            )
+
+    errors += _check_redis(raw)
+
+    for name in _TIMEOUTS:
+        if name in raw:
+            value = raw[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                errors.append(
+                    Error(
+                        f'PERFKIT["{name}"] must be a number of seconds >= 0, not {value!r}.',
+                        hint=f'Write for example PERFKIT["{name}"] = {DEFAULTS[name]!r}.',
+                        id="perfkit.E004",
+                    )
+                )
+
+    mode = raw.get("SERVER_TIMING", DEFAULTS["SERVER_TIMING"])
+    if mode not in SERVER_TIMING_MODES:
+        errors.append(
+            Error(
+                f'PERFKIT["SERVER_TIMING"] is {mode!r}, which is not a mode perfkit knows.',
+                hint="Use one of: " + ", ".join(f'"{m}"' for m in SERVER_TIMING_MODES) + ".",
+                id="perfkit.E005",
+            )
+        )
+
+    for name in _SWITCHES:
+        if name in raw and not isinstance(raw[name], bool):
+            errors.append(
+                Error(
+                    f'PERFKIT["{name}"] must be True or False, not {raw[name]!r}.',
+                    hint=f'Write PERFKIT["{name}"] = {DEFAULTS[name]!r} (a bool, not a string).',
+                    id="perfkit.E006",
+                )
+            )
+
+    for name, minimum in _COUNTS.items():
+        if name in raw:
+            value = raw[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                errors.append(
+                    Error(
+                        f'PERFKIT["{name}"] must be a whole number >= {minimum}, not {value!r}.',
+                        hint=f'Write for example PERFKIT["{name}"] = {DEFAULTS[name]!r}.',
+                        id="perfkit.E007",
+                    )
+                )
+
+    prefix = raw.get("KEY_PREFIX", DEFAULTS["KEY_PREFIX"])
+    if not isinstance(prefix, str) or not prefix or any(c in prefix for c in " {}\t\n"):
+        errors.append(
+            Error(
+                f'PERFKIT["KEY_PREFIX"] is {prefix!r}; it must be a non-empty string with '
+                "no spaces or braces (braces would break perfkit's Redis Cluster hash tags).",
+                hint='Write for example PERFKIT["KEY_PREFIX"] = "mysite-perfkit".',
+                id="perfkit.E009",
+            )
+        )
+    return errors
+
+
+def _check_redis(raw: dict[str, Any]) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    url = raw.get("REDIS_URL")
+    if url is not None:
+        scheme = urlsplit(url).scheme if isinstance(url, str) else None
+        if scheme not in ("redis", "rediss", "unix"):
+            errors.append(
+                Error(
+                    f'PERFKIT["REDIS_URL"] is {url!r}, which is not a Redis URL.',
+                    hint='Write for example PERFKIT["REDIS_URL"] = "redis://10.0.0.5:6379/0" '
+                    "(redis://, rediss:// or unix://), or remove it to use REDIS_CACHE_ALIAS.",
+                    id="perfkit.E008",
+                )
+            )
+    elif raw.get("REDIS_CLUSTER") is True:
+        errors.append(
+            Error(
+                'PERFKIT["REDIS_CLUSTER"] is True but PERFKIT["REDIS_URL"] is not set.',
+                hint='Point perfkit at one node of the cluster: PERFKIT["REDIS_URL"] = '
+                '"redis://10.0.0.5:7000/0".',
+                id="perfkit.E010",
+            )
+        )
+    if url is not None:
+        return errors  # perfkit's own keys live at REDIS_URL; the alias is not used
+
+    caches = getattr(settings, "CACHES", {})
+    explicit = "REDIS_CACHE_ALIAS" in raw
+    alias = raw.get("REDIS_CACHE_ALIAS", DEFAULTS["REDIS_CACHE_ALIAS"])
+    if alias is None:
+        return errors
+    if alias not in caches:
+        errors.append(
+            Error(
+                f'PERFKIT["REDIS_CACHE_ALIAS"] is {alias!r}, but CACHES has no such cache '
+                f"(it has: {', '.join(map(repr, caches)) or 'none'}).",
+                hint="Name a django-redis cache from CACHES, or set "
+                'PERFKIT["REDIS_CACHE_ALIAS"] = None to run perfkit without Redis.',
+                id="perfkit.E002",
+            )
+        )
+        return errors
+    backend = caches[alias].get("BACKEND")
+    if not _is_django_redis(backend):
+        if explicit:
+            errors.append(
+                Error(
+                    f'PERFKIT["REDIS_CACHE_ALIAS"] is {alias!r}, whose BACKEND {backend!r} '
+                    "is not django-redis.",
+                    hint='Use BACKEND "django_redis.cache.RedisCache" for that cache, name '
+                    'another cache, or set PERFKIT["REDIS_URL"] for perfkit\'s own keys.',
+                    id="perfkit.E003",
+                )
+            )
+        else:
+            errors.append(
+                Warning(
+                    f"The {alias!r} cache ({backend}) is not a django-redis cache, so perfkit "
+                    "runs without Redis: rate limits, .cache() and fleet stats are off.",
+                    hint='Configure a django-redis cache and set PERFKIT["REDIS_CACHE_ALIAS"] '
+                    'to its alias, or set PERFKIT["REDIS_CACHE_ALIAS"] = None to say that '
+                    "this is intended.",
+                    id="perfkit.W004",
+                )
+            )
+    return errors
+
+
+@register(Tags.compatibility)
+def check_middleware(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+    if MIDDLEWARE_PATH not in middleware:
+        return [
+            Warning(
+                "PerfkitMiddleware is not in MIDDLEWARE, so no request is measured.",
+                hint=f'Add "{MIDDLEWARE_PATH}" as the first entry of MIDDLEWARE.',
+                id="perfkit.W002",
+            )
+        ]
+    if middleware[0] != MIDDLEWARE_PATH:
+        return [
+            Warning(
+                f"PerfkitMiddleware comes after {middleware[0]!r} in MIDDLEWARE, so that "
+                "middleware's time and queries are not measured.",
+                hint=f'Move "{MIDDLEWARE_PATH}" to the top of MIDDLEWARE.',
+                id="perfkit.W003",
+            )
+        ]
+    return []

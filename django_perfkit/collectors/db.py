@@ -1,0 +1,154 @@
+"""The query collector: every database query of a request, on every alias.
+
+It is a Django execute wrapper (``connection.execute_wrappers``), installed on
+each connection as it is created (the ``connection_created`` signal) and on the
+connections that already exist when the app is ready. It stays installed for the
+life of the connection; when no request record is open it costs one
+``ContextVar.get()`` and passes the query through untouched. That is why a query
+made in another thread (``sync_to_async``, a thread pool) still lands in the
+right record: the wrapper is on every thread's connection, and the record is
+found through the context, which asgiref copies into its threads.
+
+Call site: the first stack frame outside Django, asgiref, the standard library
+and perfkit, that is, the line in the project that made the ORM run the query.
+Which files count as library code is decided once per file and cached, so the
+walk costs a dict lookup per frame.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from django_perfkit.conf import get_settings
+from django_perfkit.record import QueryRecord, _current
+
+__all__ = ["QueryCollector", "call_site", "install", "install_on_all_connections"]
+
+_library_file: dict[str, bool] = {}
+_library_prefixes: tuple[str, ...] | None = None
+
+
+def _prefixes() -> tuple[str, ...]:
+    global _library_prefixes
+    if _library_prefixes is None:
+        import asgiref
+        import django
+
+        import django_perfkit
+
+        dirs = {
+            os.path.dirname(django.__file__),
+            os.path.dirname(asgiref.__file__),
+            os.path.dirname(django_perfkit.__file__),
+            sysconfig.get_paths()["stdlib"],
+        }
+        _library_prefixes = tuple(d.rstrip(os.sep) + os.sep for d in dirs)
+    return _library_prefixes
+
+
+def _is_library(filename: str) -> bool:
+    known = _library_file.get(filename)
+    if known is None:
+        known = filename.startswith(_prefixes()) or filename.startswith("<frozen")
+        _library_file[filename] = known
+    return known
+
+
+def call_site(skip: int = 1) -> str | None:
+    """``path/to/file.py:42 in view_name`` of the first frame in project code."""
+    frame: Any = sys._getframe(skip)
+    while frame is not None:
+        code = frame.f_code
+        if not _is_library(code.co_filename):
+            return f"{_short_path(code.co_filename)}:{frame.f_lineno} in {code.co_name}"
+        frame = frame.f_back
+    return None
+
+
+_cwd = os.getcwd() + os.sep
+
+
+def _short_path(filename: str) -> str:
+    return filename[len(_cwd) :] if filename.startswith(_cwd) else filename
+
+
+def _params_hash(params: Any) -> int:
+    # Enough to tell "the same query again" from "the same SQL, other values"
+    # without keeping the values themselves.
+    try:
+        if isinstance(params, list):
+            return hash(tuple(params))
+        if isinstance(params, dict):
+            return hash(tuple(sorted(params.items())))
+        return hash(params)
+    except TypeError:
+        return hash(repr(params))
+
+
+class QueryCollector:
+    """The execute wrapper. One instance serves every connection."""
+
+    def __call__(
+        self,
+        execute: Callable[..., Any],
+        sql: str,
+        params: Any,
+        many: bool,
+        context: dict[str, Any],
+    ) -> Any:
+        record = _current.get()
+        if record is None:
+            return execute(sql, params, many, context)
+        settings = get_settings()
+        if not settings.collect_queries:
+            return execute(sql, params, many, context)
+        failed = True
+        start = time.perf_counter()
+        try:
+            result = execute(sql, params, many, context)
+            failed = False
+            return result
+        finally:
+            duration = time.perf_counter() - start
+            stats = record.db
+            stats.count += 1
+            stats.time += duration
+            if len(stats.queries) < settings.max_queries_recorded:
+                stats.queries.append(
+                    QueryRecord(
+                        sql=sql,
+                        alias=context["connection"].alias,
+                        duration=duration,
+                        call_site=call_site(2) if settings.capture_call_sites else None,
+                        params_hash=_params_hash(params),
+                        params=None if settings.hide_sql_params else params,
+                        many=many,
+                        failed=failed,
+                    )
+                )
+            else:
+                stats.dropped += 1
+
+
+collector = QueryCollector()
+
+
+def install(connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+    """Put the collector on one connection (idempotent). A ``connection_created`` receiver."""
+    if collector not in connection.execute_wrappers:
+        # First in the list means outermost: the time it measures includes any
+        # other wrapper's, as the request experienced it.
+        connection.execute_wrappers.insert(0, collector)
+
+
+def install_on_all_connections() -> None:
+    for connection in connections.all(initialized_only=True):
+        install(connection)

@@ -1,0 +1,125 @@
+"""perfkit's settings: one ``PERFKIT`` dict, read lazily and cached.
+
+Nothing here reads ``django.conf.settings`` at import time. The resolved view is
+built on first use and thrown away on Django's ``setting_changed`` signal, so
+``override_settings(PERFKIT=...)`` works in tests. Values are validated by the
+system checks in :mod:`django_perfkit.checks` at startup; at request time the
+resolved view takes what it is given and falls back to the default for a value
+it cannot use, so a bad setting never turns into a 500.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, fields
+from typing import Any, Final, Literal
+
+ServerTimingMode = Literal["all", "staff", "internal", "staff_or_internal", "off"]
+SERVER_TIMING_MODES: Final[tuple[str, ...]] = (
+    "all",
+    "staff",
+    "internal",
+    "staff_or_internal",
+    "off",
+)
+
+#: Every ``PERFKIT`` key with its default. The configuration reference in
+#: ``docs/configuration.md`` documents each of them; keep the two in step.
+DEFAULTS: Final[dict[str, Any]] = {
+    "ENABLED": True,
+    # Redis gateway
+    "REDIS_CACHE_ALIAS": "default",
+    "REDIS_URL": None,
+    "REDIS_CLUSTER": False,
+    "KEY_PREFIX": "perfkit",
+    "REDIS_CONNECT_TIMEOUT": 0.05,
+    "REDIS_TIMEOUT": 0.05,
+    "BREAKER_FAILURES": 3,
+    "BREAKER_COOLDOWN": 5.0,
+    # Query collector
+    "COLLECT_QUERIES": True,
+    "MAX_QUERIES_RECORDED": 1000,
+    "CAPTURE_CALL_SITES": True,
+    "HIDE_SQL_PARAMS": True,
+    # Reporters
+    "SERVER_TIMING": "all",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PerfkitSettings:
+    """The resolved ``PERFKIT`` settings: defaults merged with the project's dict."""
+
+    enabled: bool
+    redis_cache_alias: str | None
+    redis_url: str | None
+    redis_cluster: bool
+    key_prefix: str
+    redis_connect_timeout: float
+    redis_timeout: float
+    breaker_failures: int
+    breaker_cooldown: float
+    collect_queries: bool
+    max_queries_recorded: int
+    capture_call_sites: bool
+    hide_sql_params: bool
+    server_timing: ServerTimingMode
+    #: True when the project set ``REDIS_CACHE_ALIAS`` itself (the checks are
+    #: stricter about an explicit alias than about the default one).
+    redis_alias_explicit: bool
+
+
+def raw_settings() -> Any:
+    """The ``PERFKIT`` setting as the project wrote it (``{}`` when absent)."""
+    from django.conf import settings
+
+    return getattr(settings, "PERFKIT", {})
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    # Runtime leniency: the checks report bad values at startup; here a value of
+    # the wrong type falls back to the default rather than raising mid-request.
+    if default is None:
+        return value if value is None or isinstance(value, str) else default
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else default
+    if isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return value if ok else default
+    if isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+        return float(value) if ok else default
+    if name == "SERVER_TIMING":
+        return value if value in SERVER_TIMING_MODES else default
+    if name == "REDIS_CACHE_ALIAS":
+        return value if value is None or isinstance(value, str) else default
+    return value if isinstance(value, type(default)) else default
+
+
+@functools.cache
+def get_settings() -> PerfkitSettings:
+    """The resolved settings, built once and cached until a setting changes."""
+    raw = raw_settings()
+    if not isinstance(raw, dict):
+        raw = {}
+    values: dict[str, Any] = {}
+    for name, default in DEFAULTS.items():
+        values[name.lower()] = _coerce(name, raw.get(name, default), default)
+    values["redis_alias_explicit"] = "REDIS_CACHE_ALIAS" in raw
+    assert {f.name for f in fields(PerfkitSettings)} == set(values)
+    return PerfkitSettings(**values)
+
+
+def reset(**kwargs: Any) -> None:
+    """Forget the cached settings (and everything built from them).
+
+    Connected to ``setting_changed``; called with no arguments it resets all.
+    """
+    setting = kwargs.get("setting")
+    if setting is not None and setting not in ("PERFKIT", "CACHES", "INTERNAL_IPS"):
+        return
+    get_settings.cache_clear()
+    # Objects built from the settings (the Redis gateway) are rebuilt lazily.
+    from django_perfkit import redis as perfkit_redis
+
+    perfkit_redis.reset_gateway()

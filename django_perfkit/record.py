@@ -1,0 +1,217 @@
+"""The request record: one object per request that collectors write and reporters read.
+
+:class:`~django_perfkit.middleware.PerfkitMiddleware` opens a record when a request
+comes in and closes it when the response goes out. In between, it lives in a
+:class:`contextvars.ContextVar`, which is the right scope for every way Django
+runs code: WSGI threads, ASGI tasks, and ``sync_to_async`` / ``async_to_sync``
+hops (asgiref copies the context into the thread it runs in), so a query made by
+an async view through the ORM lands in the same record as one made by a sync view.
+
+Collectors (the query collector, later the cache and rate-limit collectors) call
+:func:`current_record` and write into the record's typed sections; when no record
+is open (management commands, Celery tasks) they get ``None`` and do nothing.
+Reporters (``Server-Timing``, later ddtrace, logs and the panel) read the closed
+record once, at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+__all__ = [
+    "QueryRecord",
+    "QueryStats",
+    "RequestRecord",
+    "Section",
+    "current_record",
+    "record_request",
+    "timer",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class QueryRecord:
+    """One database query as the collector saw it.
+
+    ``sql`` is the statement with placeholders, never with the parameters bound
+    in: parameters can carry personal data, so they are kept only as a hash
+    (enough to spot the same query run twice) unless ``HIDE_SQL_PARAMS`` is off.
+    """
+
+    sql: str
+    alias: str
+    duration: float  # seconds
+    call_site: str | None
+    params_hash: int
+    params: Any = None
+    many: bool = False
+    failed: bool = False
+
+
+@dataclass(slots=True)
+class QueryStats:
+    """The database section of a record: totals over every query, details over the first N.
+
+    ``count`` and ``time`` cover every query of the request, however many; the
+    per-query details in ``queries`` stop at ``MAX_QUERIES_RECORDED`` so a request
+    that runs 100,000 queries cannot eat the worker's memory.
+    """
+
+    count: int = 0
+    time: float = 0.0  # seconds
+    queries: list[QueryRecord] = field(default_factory=list)
+    dropped: int = 0
+
+    @property
+    def duplicates(self) -> int:
+        """Queries that repeat an earlier one exactly (same SQL, alias and parameters)."""
+        seen: set[tuple[str, str, int]] = set()
+        dupes = 0
+        for q in self.queries:
+            sig = (q.sql, q.alias, q.params_hash)
+            if sig in seen:
+                dupes += 1
+            else:
+                seen.add(sig)
+        return dupes
+
+
+@dataclass(slots=True)
+class Section:
+    """A named, timed section: ``perfkit.timer("render")`` adds to one of these."""
+
+    count: int = 0
+    time: float = 0.0  # seconds
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """Everything perfkit learns about one request."""
+
+    method: str = ""
+    path: str = ""
+    started: float = field(default_factory=time.perf_counter)
+    #: Wall-clock start (seconds since the epoch), for logs and the panel.
+    started_at: float = field(default_factory=time.time)
+    finished: float | None = None
+    status: int | None = None
+    #: The resolved URL pattern (``articles/<slug:slug>/``), not the raw path.
+    route: str | None = None
+    db: QueryStats = field(default_factory=QueryStats)
+    sections: dict[str, Section] = field(default_factory=dict)
+    #: Redis calls that failed or were skipped by the open circuit breaker.
+    redis_failures: int = 0
+    #: Set by perfkit when its own code failed (never by the app): reported, not raised.
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        """Seconds from start to finish (or to now, while the request is running)."""
+        end = self.finished if self.finished is not None else time.perf_counter()
+        return end - self.started
+
+    def add_section(self, label: str, seconds: float) -> None:
+        section = self.sections.get(label)
+        if section is None:
+            section = self.sections[label] = Section()
+        section.count += 1
+        section.time += seconds
+
+    def finish(self, status: int | None = None) -> None:
+        self.finished = time.perf_counter()
+        self.status = status
+
+
+_current: ContextVar[RequestRecord | None] = ContextVar("perfkit_request_record", default=None)
+
+
+def current_record() -> RequestRecord | None:
+    """The record of the request being served in this context, or ``None``."""
+    return _current.get()
+
+
+@contextmanager
+def record_request(record: RequestRecord | None = None) -> Iterator[RequestRecord]:
+    """Open a record for the duration of the block.
+
+    The middleware uses this for every request; use it yourself to collect the
+    same numbers around code that runs outside a request (a management command,
+    a task, a test).
+    """
+    rec = record if record is not None else RequestRecord()
+    token: Token[RequestRecord | None] = _current.set(rec)
+    try:
+        yield rec
+    finally:
+        if rec.finished is None:
+            rec.finish(rec.status)
+        _current.reset(token)
+
+
+class timer:
+    """Time a custom section of a request: a context manager and a decorator.
+
+    ::
+
+        with perfkit.timer("render-feed"):
+            ...
+
+        @perfkit.timer("pricing")
+        def compute_prices(): ...
+
+        @perfkit.timer("fetch")
+        async def fetch(): ...
+
+    The time lands in the current request record under ``label`` (repeated
+    sections add up) and so in ``Server-Timing`` as ``label;dur=...``. Outside a
+    request it costs two clock reads and records nothing.
+    """
+
+    __slots__ = ("label", "_start")
+
+    def __init__(self, label: str) -> None:
+        checked: object = label  # callers are not always type-checked
+        if not isinstance(checked, str) or not checked:
+            raise ValueError("perfkit.timer() needs a non-empty string label, e.g. timer('render')")
+        self.label = label
+        self._start = 0.0
+
+    def __enter__(self) -> timer:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        elapsed = time.perf_counter() - self._start
+        rec = _current.get()
+        if rec is not None:
+            rec.add_section(self.label, elapsed)
+
+    def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
+        label = self.label
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                # A fresh timer per call: one decorated function may run
+                # concurrently in many tasks or threads.
+                with timer(label):
+                    return await func(*args, **kwargs)
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            with timer(label):
+                return func(*args, **kwargs)
+
+        return wrapper

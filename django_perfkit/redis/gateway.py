@@ -1,0 +1,368 @@
+"""The Redis gateway: the one way perfkit talks to Redis.
+
+Every feature (rate limits, ``.cache()``, cache on write, fleet stats) goes
+through :func:`get_gateway`, so they share one failure policy:
+
+* **its own connections, with short timeouts.** The server, database and
+  credentials come from the django-redis cache named by ``REDIS_CACHE_ALIAS``
+  (plain or Sentinel), or from ``REDIS_URL`` (plain or, with ``REDIS_CLUSTER``,
+  a Redis Cluster). The sockets are perfkit's own, with ``REDIS_CONNECT_TIMEOUT``
+  and ``REDIS_TIMEOUT`` (50 ms by default): the site's cache may be happy to
+  wait a second for Redis, a rate-limit check is not.
+* **a circuit breaker** (:mod:`.breaker`) so an outage costs a few timeouts, not
+  one per request.
+* **a failure counter**, per process and in the request record.
+* **a default instead of an exception.** :meth:`RedisGateway.run` returns the
+  caller's ``default`` when Redis fails; each feature documents what it does
+  then (serve uncached, let the request through, ...). perfkit never turns a
+  Redis outage into a 500.
+
+Keys: everything perfkit stores starts with ``KEY_PREFIX``, and every key is
+built by :meth:`RedisGateway.key` with a hash tag (``perfkit:{ratelimit:login}:...``)
+so that a multi-key command or script touches one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio
+from redis.exceptions import RedisClusterException, ResponseError
+
+from django_perfkit.conf import PerfkitSettings, get_settings
+from django_perfkit.record import current_record
+from django_perfkit.redis.breaker import CircuitBreaker
+from django_perfkit.redis.scripts import ArgT, KeyT, LuaScript
+
+logger = logging.getLogger("django_perfkit.redis")
+
+T = TypeVar("T")
+
+#: What an outage looks like from redis-py: refused or reset connections, timeouts
+#: (a black-holed server), a cluster that lost its slots, or an OS-level socket error.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    RedisClusterException,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+class RedisNotConfigured(Exception):
+    """perfkit was configured without Redis (``REDIS_CACHE_ALIAS = None`` and no ``REDIS_URL``)."""
+
+
+class RedisGateway:
+    """Clients, keys, scripts and the failure policy for perfkit's Redis calls."""
+
+    def __init__(self, settings: PerfkitSettings) -> None:
+        self.settings = settings
+        self.prefix = settings.key_prefix
+        self.configured = settings.redis_url is not None or settings.redis_cache_alias is not None
+        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown)
+        #: Redis calls that failed or were skipped, in this process.
+        self.failures = 0
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # -- keys ---------------------------------------------------------------
+
+    def key(self, feature: str, tag: str, *parts: str | int) -> str:
+        """``<prefix>:{<feature>:<tag>}:<part>:...``.
+
+        The ``{...}`` hash tag decides the Redis Cluster slot: keys that one
+        script or transaction touches together must share ``feature`` and ``tag``.
+        """
+        rest = "".join(f":{p}" for p in parts)
+        return f"{self.prefix}:{{{feature}:{tag}}}{rest}"
+
+    # -- clients ------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """The sync client (``redis.Redis`` or ``RedisCluster``), built on first use."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = _build_sync_client(self.settings)
+                client = self._client
+        return client
+
+    def async_client(self) -> Any:
+        """The ``redis.asyncio`` client for the running event loop.
+
+        redis.asyncio connections belong to the loop that opened them, so each
+        loop gets its own client; under an ASGI server that is one per process.
+        """
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            client = self._async_clients[loop] = _build_async_client(self.settings)
+        return client
+
+    def close(self) -> None:
+        """Drop the sync client's connections (the async ones close with :meth:`aclose`)."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    async def aclose(self) -> None:
+        """Close the async client of the running loop."""
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.pop(loop, None)
+        if client is not None:
+            await client.aclose()
+            # A pool passed in explicitly is not closed by the client.
+            await client.connection_pool.disconnect()
+
+    # -- the failure policy ---------------------------------------------------
+
+    def run(self, operation: Callable[[Any], T], default: T) -> T:
+        """Run ``operation(client)``; on an outage or an open breaker return ``default``."""
+        if not self.configured:
+            return default
+        if not self.breaker.allow():
+            self._count_failure(None, skipped=True)
+            return default
+        try:
+            result = operation(self.client)
+        except OUTAGE_ERRORS as exc:
+            self._on_outage(exc)
+            return default
+        except ResponseError as exc:
+            # Redis answered, so it is up: a bug in a command or script. Logged
+            # and reported, never raised into the site.
+            self._on_bad_reply(exc)
+            return default
+        self.breaker.record_success()
+        return result
+
+    async def arun(self, operation: Callable[[Any], Awaitable[T]], default: T) -> T:
+        """The async form of :meth:`run`, on the loop's ``redis.asyncio`` client."""
+        if not self.configured:
+            return default
+        if not self.breaker.allow():
+            self._count_failure(None, skipped=True)
+            return default
+        try:
+            result = await operation(self.async_client())
+        except OUTAGE_ERRORS as exc:
+            self._on_outage(exc)
+            return default
+        except ResponseError as exc:
+            self._on_bad_reply(exc)
+            return default
+        self.breaker.record_success()
+        return result
+
+    def run_script(
+        self, script: LuaScript, keys: Sequence[KeyT], args: Sequence[ArgT], default: T
+    ) -> Any | T:
+        """Run a Lua script with ``EVALSHA`` (loading it on ``NOSCRIPT``)."""
+        return self.run(lambda client: script.run(client, keys, args), default)
+
+    async def arun_script(
+        self, script: LuaScript, keys: Sequence[KeyT], args: Sequence[ArgT], default: T
+    ) -> Any | T:
+        return await self.arun(lambda client: script.arun(client, keys, args), default)
+
+    def ping(self) -> bool:
+        """Is Redis reachable now? (Goes through the breaker like every call.)"""
+        return bool(self.run(lambda client: client.ping(), False))
+
+    async def aping(self) -> bool:
+        return bool(await self.arun(lambda client: client.ping(), False))
+
+    def _count_failure(self, exc: BaseException | None, skipped: bool) -> None:
+        self.failures += 1
+        record = current_record()
+        if record is not None:
+            record.redis_failures += 1
+        if not skipped:
+            logger.debug("perfkit: Redis call failed: %r", exc)
+
+    def _on_outage(self, exc: BaseException) -> None:
+        self._count_failure(exc, skipped=False)
+        self.breaker.record_failure(exc)
+        if isinstance(exc, RedisClusterException):
+            # A cluster client that never reached its startup nodes is useless;
+            # build a new one on the next try.
+            self._client = None
+
+    def _on_bad_reply(self, exc: ResponseError) -> None:
+        self.breaker.record_success()
+        logger.error("perfkit: Redis rejected a perfkit command: %s", exc)
+        record = current_record()
+        if record is not None:
+            record.errors.append(f"redis: {exc}")
+
+
+# -- building clients -------------------------------------------------------------
+
+
+def _timeouts(settings: PerfkitSettings) -> dict[str, Any]:
+    return {
+        "socket_timeout": settings.redis_timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        # One attempt: the breaker, not a retry loop, decides what happens next.
+        "retry_on_timeout": False,
+    }
+
+
+def _build_sync_client(settings: PerfkitSettings) -> Any:
+    if settings.redis_url is not None:
+        if settings.redis_cluster:
+            from redis.cluster import RedisCluster
+
+            return RedisCluster.from_url(settings.redis_url, **_timeouts(settings))
+        return redis.Redis.from_url(settings.redis_url, **_timeouts(settings))
+    if settings.redis_cache_alias is None:
+        raise RedisNotConfigured("perfkit has no Redis configured")
+    pool = _cache_pool(settings.redis_cache_alias)
+    kwargs = dict(pool.connection_kwargs)
+    kwargs.update(_timeouts(settings))
+
+    from redis.sentinel import SentinelConnectionPool
+
+    if isinstance(pool, SentinelConnectionPool):
+        kwargs.pop("connection_pool", None)
+        new_pool: redis.ConnectionPool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            pool.service_name,
+            pool.sentinel_manager,
+            connection_class=pool.connection_class,
+            is_master=pool.is_master,
+            **kwargs,
+        )
+    else:
+        new_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    return redis.Redis(connection_pool=new_pool)
+
+
+def _cache_pool(alias: str) -> Any:
+    """The connection pool of a django-redis cache (the primary, for writes)."""
+    from django_redis import get_redis_connection
+
+    return get_redis_connection(alias, write=True).connection_pool
+
+
+_ASYNC_CONNECTION_CLASSES = {
+    redis.Connection: redis.asyncio.Connection,
+    redis.SSLConnection: redis.asyncio.SSLConnection,
+    redis.UnixDomainSocketConnection: redis.asyncio.UnixDomainSocketConnection,
+}
+
+
+# The connection settings that mean the same to redis.asyncio as to sync redis-py.
+# Anything else in a sync pool's kwargs (retry objects, parsers, maintenance
+# notification handlers) is specific to the sync client and is left out.
+_PORTABLE_KWARGS = frozenset(
+    {
+        "host",
+        "port",
+        "db",
+        "username",
+        "password",
+        "path",
+        "client_name",
+        "socket_keepalive",
+        "socket_keepalive_options",
+        "health_check_interval",
+        "encoding",
+        "encoding_errors",
+        "decode_responses",
+        "protocol",
+        "credential_provider",
+        "ssl_keyfile",
+        "ssl_certfile",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_ca_data",
+        "ssl_check_hostname",
+        "ssl_min_version",
+        "ssl_ciphers",
+    }
+)
+
+
+def _portable(kwargs: dict[str, Any], settings: PerfkitSettings) -> dict[str, Any]:
+    portable = {k: v for k, v in kwargs.items() if k in _PORTABLE_KWARGS}
+    portable.update(_timeouts(settings))
+    return portable
+
+
+def _build_async_client(settings: PerfkitSettings) -> Any:
+    if settings.redis_url is not None:
+        if settings.redis_cluster:
+            from redis.asyncio.cluster import RedisCluster
+
+            return RedisCluster.from_url(settings.redis_url, **_timeouts(settings))
+        return redis.asyncio.Redis.from_url(settings.redis_url, **_timeouts(settings))
+    if settings.redis_cache_alias is None:
+        raise RedisNotConfigured("perfkit has no Redis configured")
+    pool = _cache_pool(settings.redis_cache_alias)
+    kwargs = _portable(pool.connection_kwargs, settings)
+
+    from redis.sentinel import SentinelConnectionPool
+
+    if isinstance(pool, SentinelConnectionPool):
+        from redis.asyncio.sentinel import Sentinel
+
+        sentinels = [
+            (
+                s.connection_pool.connection_kwargs.get("host"),
+                s.connection_pool.connection_kwargs.get("port"),
+            )
+            for s in pool.sentinel_manager.sentinels
+        ]
+        sentinel = Sentinel(sentinels, **_timeouts(settings))  # type: ignore[no-untyped-call]
+        return sentinel.master_for(pool.service_name, **kwargs)
+    async_class = _ASYNC_CONNECTION_CLASSES.get(pool.connection_class, redis.asyncio.Connection)
+    return redis.asyncio.Redis(
+        connection_pool=redis.asyncio.ConnectionPool(connection_class=async_class, **kwargs)
+    )
+
+
+# -- the process-wide gateway --------------------------------------------------------
+
+_gateway: RedisGateway | None = None
+_gateway_lock = threading.Lock()
+
+
+def get_gateway() -> RedisGateway:
+    """The gateway for the current settings (built on first use, once per process)."""
+    gateway = _gateway
+    if gateway is None or gateway.settings is not get_settings():
+        with _gateway_lock:
+            gateway = _gateway
+            if gateway is None or gateway.settings is not get_settings():
+                gateway = _set_gateway(RedisGateway(get_settings()))
+    return gateway
+
+
+def _set_gateway(gateway: RedisGateway | None) -> RedisGateway:
+    global _gateway
+    old, _gateway = _gateway, gateway
+    if old is not None and old is not gateway:
+        old.close()
+    return gateway  # type: ignore[return-value]
+
+
+def reset_gateway() -> None:
+    """Forget the gateway; the next :func:`get_gateway` builds one from the settings."""
+    with _gateway_lock:
+        _set_gateway(None)

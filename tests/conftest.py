@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+
+import pytest
+import redis
+from asgiref.sync import SyncToAsync
+from django.conf import settings
+from django.db import connections
+
+from django_perfkit.conf import reset
+
+
+def _delete_test_keys() -> None:
+    # Only our own keys, in our own database: never FLUSHALL, never another prefix.
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        batch = list(client.scan_iter(match=f"{settings.KEY_PREFIX}*", count=1000))
+        if batch:
+            client.delete(*batch)
+    finally:
+        client.close()
+
+
+@pytest.fixture(autouse=True)
+def _close_async_db_connections(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Async tests run their ORM calls in asgiref's shared thread: close its
+    connections afterwards, or the test database cannot be dropped."""
+    yield
+    if inspect.iscoroutinefunction(request.function):
+        # sync_to_async outside any async_to_sync runs in this one executor.
+        SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+
+
+@pytest.fixture(autouse=True)
+def _clean_perfkit_state() -> Iterator[None]:
+    """Each test starts with fresh settings, a fresh gateway and no perfkit keys."""
+    reset()
+    _delete_test_keys()
+    yield
+    reset()

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.core.checks import Error, Warning
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from django_perfkit.checks import MIDDLEWARE_PATH, check_middleware, check_settings
+
+
+def ids(perfkit: Any, **extra: Any) -> list[str]:
+    with override_settings(PERFKIT=perfkit, **extra):
+        return [m.id for m in check_settings()]
+
+
+def test_default_test_settings_pass() -> None:
+    assert check_settings() == []
+    assert check_middleware() == []
+
+
+def test_checks_are_registered() -> None:
+    # Through the real command, so an unregistered check would not fire.
+    with (
+        override_settings(PERFKIT={"SERVER_TIMING": "sometimes"}),
+        pytest.raises(SystemCheckError, match="perfkit.E005"),
+    ):
+        call_command("check")
+
+
+def test_e001_not_a_dict() -> None:
+    assert ids(["SERVER_TIMING"]) == ["perfkit.E001"]
+
+
+def test_e002_unknown_alias() -> None:
+    with override_settings(PERFKIT={"REDIS_CACHE_ALIAS": "sessions"}):
+        (msg,) = check_settings()
+    assert msg.id == "perfkit.E002"
+    assert "'sessions'" in msg.msg and "'default'" in msg.msg
+    assert "None" in msg.hint
+
+
+def test_e003_explicit_alias_not_django_redis() -> None:
+    with override_settings(PERFKIT={"REDIS_CACHE_ALIAS": "locmem"}):
+        (msg,) = check_settings()
+    assert isinstance(msg, Error)
+    assert msg.id == "perfkit.E003"
+    assert "django_redis.cache.RedisCache" in msg.hint
+
+
+def test_w004_default_alias_not_django_redis_is_a_warning() -> None:
+    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    with override_settings(PERFKIT={}, CACHES=caches):
+        (msg,) = check_settings()
+    assert isinstance(msg, Warning)
+    assert msg.id == "perfkit.W004"
+
+
+def test_none_alias_means_no_redis_and_no_message() -> None:
+    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    assert ids({"REDIS_CACHE_ALIAS": None}, CACHES=caches) == []
+
+
+def test_django_redis_subclass_is_accepted() -> None:
+    caches = {"default": {"BACKEND": "tests.test_checks.MyRedisCache", "LOCATION": "redis://x"}}
+    assert ids({"REDIS_CACHE_ALIAS": "default"}, CACHES=caches) == []
+
+
+from django_redis.cache import RedisCache  # noqa: E402
+
+
+class MyRedisCache(RedisCache):
+    pass
+
+
+@pytest.mark.parametrize("value", [-1, "50ms", None, True])
+def test_e004_bad_timeout(value: Any) -> None:
+    assert ids({"REDIS_TIMEOUT": value}) == ["perfkit.E004"]
+
+
+def test_e004_names_the_key_and_an_example() -> None:
+    with override_settings(PERFKIT={"BREAKER_COOLDOWN": -5}):
+        (msg,) = check_settings()
+    assert 'PERFKIT["BREAKER_COOLDOWN"]' in msg.msg
+    assert "= 5.0" in msg.hint
+
+
+def test_zero_timeout_is_allowed() -> None:
+    assert ids({"REDIS_CONNECT_TIMEOUT": 0}) == []
+
+
+def test_e005_unknown_mode() -> None:
+    with override_settings(PERFKIT={"SERVER_TIMING": "admins"}):
+        (msg,) = check_settings()
+    assert msg.id == "perfkit.E005"
+    assert '"staff"' in msg.hint and '"internal"' in msg.hint
+
+
+@pytest.mark.parametrize("key", ["ENABLED", "HIDE_SQL_PARAMS", "COLLECT_QUERIES"])
+def test_e006_switch_not_bool(key: str) -> None:
+    assert ids({key: "false"}) == ["perfkit.E006"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("MAX_QUERIES_RECORDED", -1), ("MAX_QUERIES_RECORDED", 1.5), ("BREAKER_FAILURES", 0)],
+)
+def test_e007_bad_count(key: str, value: Any) -> None:
+    assert ids({key: value}) == ["perfkit.E007"]
+
+
+@pytest.mark.parametrize("url", ["http://localhost:6379", "localhost:6379", 6379])
+def test_e008_bad_redis_url(url: Any) -> None:
+    assert ids({"REDIS_URL": url}) == ["perfkit.E008"]
+
+
+def test_redis_url_replaces_the_alias() -> None:
+    # With REDIS_URL the alias is not used, so a missing alias is no error.
+    assert ids({"REDIS_URL": "redis://127.0.0.1:7000/0", "REDIS_CACHE_ALIAS": "nope"}) == []
+
+
+@pytest.mark.parametrize("prefix", ["", "my prefix", "a{b}", 5])
+def test_e009_bad_key_prefix(prefix: Any) -> None:
+    assert ids({"KEY_PREFIX": prefix}) == ["perfkit.E009"]
+
+
+def test_e010_cluster_without_url() -> None:
+    assert ids({"REDIS_CLUSTER": True}) == ["perfkit.E010"]
+
+
+def test_w001_unknown_key_suggests_the_right_one() -> None:
+    with override_settings(PERFKIT={"SERVER_TIMMING": "all"}):
+        (msg,) = check_settings()
+    assert msg.id == "perfkit.W001"
+    assert 'Did you mean "SERVER_TIMING"?' in msg.hint
+
+
+def test_w002_middleware_missing() -> None:
+    with override_settings(MIDDLEWARE=["django.middleware.common.CommonMiddleware"]):
+        assert [m.id for m in check_middleware()] == ["perfkit.W002"]
+
+
+def test_w003_middleware_not_first() -> None:
+    mw = ["django.middleware.security.SecurityMiddleware", MIDDLEWARE_PATH]
+    with override_settings(MIDDLEWARE=mw):
+        (msg,) = check_middleware()
+    assert msg.id == "perfkit.W003"
+    assert "SecurityMiddleware" in msg.msg

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from django.contrib.auth.models import Group, User
+from django.db import DatabaseError, connection, connections
+from django.test import override_settings
+
+from django_perfkit.collectors.db import collector, install
+from django_perfkit.record import record_request
+
+pytestmark = pytest.mark.django_db(databases=["default", "other"])
+
+
+def test_collector_is_installed_on_every_connection() -> None:
+    for alias in ("default", "other"):
+        connections[alias].ensure_connection()
+        assert collector in connections[alias].execute_wrappers
+
+
+def test_install_is_idempotent() -> None:
+    install(connection)
+    install(connection)
+    assert connection.execute_wrappers.count(collector) == 1
+
+
+def test_counts_queries_on_every_alias() -> None:
+    with record_request() as rec:
+        list(User.objects.all())
+        list(Group.objects.using("other").all())
+        User.objects.filter(username="x").exists()
+    assert rec.db.count == 3
+    assert [q.alias for q in rec.db.queries] == ["default", "other", "default"]
+    assert rec.db.time > 0
+    assert rec.db.time == pytest.approx(sum(q.duration for q in rec.db.queries))
+
+
+def test_no_record_no_collection() -> None:
+    list(User.objects.all())  # must simply work; nothing to write into
+    with record_request() as rec:
+        pass
+    assert rec.db.count == 0
+
+
+def test_call_site_is_the_project_line_not_django() -> None:
+    with record_request() as rec:
+        list(User.objects.filter(username="someone"))  # THIS LINE
+    (query,) = rec.db.queries
+    assert query.call_site is not None
+    path, _, rest = query.call_site.partition(":")
+    assert path.endswith("tests/test_collector.py")
+    line = int(rest.split()[0])
+    source = Path(__file__).read_text().splitlines()[line - 1]
+    assert "THIS LINE" in source
+    assert "in test_call_site_is_the_project_line_not_django" in query.call_site
+
+
+def test_sql_has_placeholders_and_params_are_hidden_by_default() -> None:
+    with record_request() as rec:
+        list(User.objects.filter(username="secret-value"))
+    (query,) = rec.db.queries
+    assert "secret-value" not in query.sql
+    assert query.params is None
+
+
+def test_params_kept_when_asked() -> None:
+    with override_settings(PERFKIT={"HIDE_SQL_PARAMS": False}), record_request() as rec:
+        list(User.objects.filter(username="visible"))
+    assert "visible" in rec.db.queries[0].params
+
+
+def test_duplicates_are_same_sql_and_same_params() -> None:
+    with record_request() as rec:
+        for _ in range(3):
+            User.objects.filter(username="a").exists()
+        User.objects.filter(username="b").exists()
+    assert rec.db.count == 4
+    assert rec.db.duplicates == 2
+
+
+def test_details_are_bounded_but_totals_are_not() -> None:
+    with override_settings(PERFKIT={"MAX_QUERIES_RECORDED": 5}), record_request() as rec:
+        for i in range(12):
+            User.objects.filter(pk=i).exists()
+    assert rec.db.count == 12
+    assert len(rec.db.queries) == 5
+    assert rec.db.dropped == 7
+
+
+def test_collection_can_be_switched_off() -> None:
+    with override_settings(PERFKIT={"COLLECT_QUERIES": False}), record_request() as rec:
+        list(User.objects.all())
+    assert rec.db.count == 0
+
+
+def test_failed_query_is_recorded_and_the_error_propagates() -> None:
+    with record_request() as rec, pytest.raises(DatabaseError), connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM no_such_table_perfkit")
+    (query,) = rec.db.queries
+    assert query.failed is True
+    assert "no_such_table_perfkit" in query.sql
+
+
+def test_executemany_counts_once_and_is_marked() -> None:
+    with record_request() as rec, connection.cursor() as cursor:
+        cursor.executemany("SELECT %s", [(1,), (2,)])
+    (query,) = rec.db.queries
+    assert query.many is True
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_queries_from_sync_to_async_threads_land_in_the_record() -> None:
+    def orm_in_thread() -> int:
+        try:
+            return User.objects.count()
+        finally:
+            connections.close_all()
+
+    with record_request() as rec:
+        async_to_sync(sync_to_async(orm_in_thread, thread_sensitive=False))()
+    assert rec.db.count == 1
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_a_thread_outside_the_request_is_not_counted() -> None:
+    def background() -> None:
+        User.objects.count()
+        connections.close_all()
+
+    with record_request() as rec:
+        t = threading.Thread(target=background)
+        t.start()
+        t.join()
+    assert rec.db.count == 0
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+async def test_async_orm_queries_are_counted() -> None:
+    with record_request() as rec:
+        assert await User.objects.acount() == 0
+        assert await User.objects.filter(username="x").aexists() is False
+    assert rec.db.count == 2

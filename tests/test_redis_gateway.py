@@ -1,0 +1,194 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from django.conf import settings
+from django.test import override_settings
+
+from django_perfkit.record import record_request
+from django_perfkit.redis import CircuitBreaker, LuaScript, RedisGateway, get_gateway
+from tests.redis_servers import BlackHole, PrivateRedis
+
+INCR_BY_ARG = LuaScript("return redis.call('INCRBY', KEYS[1], ARGV[1])", name="incr-by-arg")
+
+
+def test_key_has_prefix_and_hash_tag() -> None:
+    gw = get_gateway()
+    assert gw.key("ratelimit", "login", "ip", 5) == "perfkit-test:{ratelimit:login}:ip:5"
+    assert redis.cluster.key_slot(gw.key("x", "t", "a").encode()) == redis.cluster.key_slot(
+        gw.key("x", "t", "b").encode()
+    )
+
+
+def test_gateway_is_rebuilt_when_settings_change() -> None:
+    gw = get_gateway()
+    assert get_gateway() is gw
+    with override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test-other"}):
+        assert get_gateway() is not gw
+        assert get_gateway().prefix == "perfkit-test-other"
+
+
+def test_client_comes_from_the_django_redis_alias_with_our_timeouts() -> None:
+    gw = get_gateway()
+    kwargs = gw.client.connection_pool.connection_kwargs
+    assert kwargs["db"] == 13
+    assert kwargs["socket_timeout"] == 0.05
+    assert kwargs["socket_connect_timeout"] == 0.05
+    # Same server as the site's cache: what one writes, the other reads.
+    key = gw.key("test", "shared", "k")
+    assert gw.run(lambda c: c.set(key, b"v"), None)
+    from django_redis import get_redis_connection
+
+    assert get_redis_connection("default").get(key) == b"v"
+
+
+def test_run_returns_the_result() -> None:
+    gw = get_gateway()
+    key = gw.key("test", "run", "n")
+    assert gw.run(lambda c: c.incr(key), None) == 1
+    assert gw.run(lambda c: c.incr(key), None) == 2
+    assert gw.failures == 0
+
+
+def test_lua_script_evalsha_and_noscript_reload() -> None:
+    private = PrivateRedis()
+    private.start()
+    try:
+        with override_settings(PERFKIT={"REDIS_URL": private.url, "KEY_PREFIX": "perfkit-test"}):
+            gw = get_gateway()
+            key = gw.key("test", "lua", "n")
+            assert gw.run_script(INCR_BY_ARG, [key], [5], None) == 5
+            raw = redis.Redis.from_url(private.url)
+            assert raw.script_exists(INCR_BY_ARG.sha) == [True]
+            # The server forgets its scripts (restart, failover): the gateway reloads.
+            raw.script_flush()
+            assert gw.run_script(INCR_BY_ARG, [key], [2], None) == 7
+            raw.close()
+            gw.close()
+    finally:
+        private.stop()
+
+
+def test_script_bug_is_reported_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    broken = LuaScript("return redis.call('NOSUCHCOMMAND')", name="broken")
+    gw = get_gateway()
+    with record_request() as rec:
+        assert gw.run_script(broken, [gw.key("t", "t")], [], "fallback") == "fallback"
+    assert rec.errors and "redis:" in rec.errors[0]
+    assert gw.breaker.state == "closed"  # Redis answered: not an outage
+    assert "rejected a perfkit command" in caplog.text
+
+
+@pytest.fixture
+def stopped_redis() -> Iterator[PrivateRedis]:
+    private = PrivateRedis()
+    private.start()
+    yield private
+    private.stop()
+
+
+def _gateway_for(url: str, **extra: object) -> RedisGateway:
+    with override_settings(PERFKIT={"REDIS_URL": url, "KEY_PREFIX": "perfkit-test", **extra}):
+        return get_gateway()
+
+
+def test_stopped_redis_degrades_then_recovers(stopped_redis: PrivateRedis) -> None:
+    gw = _gateway_for(stopped_redis.url, BREAKER_FAILURES=2, BREAKER_COOLDOWN=0.3)
+    assert gw.ping() is True
+    port = stopped_redis.port
+    stopped_redis.stop()
+    with record_request() as rec:
+        results = [gw.run(lambda c: c.incr("perfkit-test:n"), "degraded") for _ in range(10)]
+    assert results == ["degraded"] * 10
+    assert gw.breaker.state == "open"
+    assert rec.redis_failures == 10
+    assert gw.failures == 10
+    # Back up on the same port: after the cool-down one trial closes the breaker.
+    restarted = PrivateRedis(port)
+    restarted.start()
+    try:
+        time.sleep(0.35)
+        assert gw.run(lambda c: c.incr("perfkit-test:n"), "degraded") == 1
+        assert gw.breaker.state == "closed"
+    finally:
+        gw.close()
+        restarted.stop()
+
+
+def test_black_holed_redis_costs_one_timeout_per_call_until_the_breaker_opens() -> None:
+    hole = BlackHole()
+    try:
+        gw = _gateway_for(hole.url, REDIS_TIMEOUT=0.05, BREAKER_FAILURES=3, BREAKER_COOLDOWN=30)
+        started = time.monotonic()
+        for _ in range(50):
+            assert gw.run(lambda c: c.get("perfkit-test:k"), "miss") == "miss"
+        elapsed = time.monotonic() - started
+        assert gw.breaker.state == "open"
+        # Three calls waited for their timeout; the other 47 were skipped. The
+        # bound is loose (this is a behaviour check, not a benchmark): 50 calls
+        # that each waited would take at least 2.5 s.
+        assert elapsed < 2.0
+        assert gw.failures == 50
+        gw.close()
+    finally:
+        hole.close()
+
+
+async def test_async_client_runs_and_degrades(stopped_redis: PrivateRedis) -> None:
+    gw = _gateway_for(stopped_redis.url, BREAKER_FAILURES=1, BREAKER_COOLDOWN=30)
+    assert await gw.arun(lambda c: c.incr("perfkit-test:a"), None) == 1
+    assert await gw.arun_script(INCR_BY_ARG, ["perfkit-test:a"], [4], None) == 5
+    client = gw.async_client()
+    assert isinstance(client, redis.asyncio.Redis)
+    stopped_redis.stop()
+    assert await gw.arun(lambda c: c.incr("perfkit-test:a"), "degraded") == "degraded"
+    assert gw.breaker.state == "open"
+    await gw.aclose()
+
+
+async def test_async_client_from_the_django_redis_alias() -> None:
+    gw = get_gateway()
+    key = gw.key("test", "async", "k")
+    assert await gw.arun(lambda c: c.set(key, "v"), None)
+    assert await gw.arun(lambda c: c.get(key), None) == b"v"
+    kwargs = gw.async_client().connection_pool.connection_kwargs
+    assert kwargs["db"] == 13 and kwargs["socket_timeout"] == 0.05
+    await gw.aclose()
+
+
+def test_no_redis_configured_returns_defaults_without_trying() -> None:
+    with override_settings(PERFKIT={"REDIS_CACHE_ALIAS": None}):
+        gw = get_gateway()
+        assert gw.configured is False
+        assert gw.run(lambda c: c.ping(), "no-redis") == "no-redis"
+        assert gw.failures == 0
+
+
+def test_breaker_half_open_lets_one_trial_through() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=2, cooldown=10, clock=lambda: now[0])
+    assert breaker.allow()
+    breaker.record_failure()
+    assert breaker.state == "closed"
+    breaker.record_failure()
+    assert breaker.state == "open" and not breaker.allow()
+    now[0] = 10.0
+    assert breaker.state == "half-open"
+    assert breaker.allow() is True  # the trial
+    assert breaker.allow() is False  # everyone else waits for it
+    breaker.record_failure()  # trial failed: another full cool-down
+    assert breaker.state == "open"
+    now[0] = 15.0
+    assert not breaker.allow()
+    now[0] = 20.0
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state == "closed" and breaker.allow()
+    assert breaker.times_opened == 1
+
+
+def test_test_settings_use_a_dedicated_database() -> None:
+    assert settings.REDIS_URL.endswith("/13")
