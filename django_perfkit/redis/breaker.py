@@ -70,7 +70,6 @@ class CircuitBreaker:
                 return True
             if self._clock() - opened_at < self.cooldown:
                 return False
-                return False
             # Half-open: exactly one caller tries; the rest keep skipping until
             # that trial reports back.
             if self._trial_in_flight:
