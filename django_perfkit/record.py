@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 __all__ = [
     "QueryRecord",
@@ -39,23 +40,41 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-@dataclass(slots=True)
-class QueryRecord:
+class QueryRecord(NamedTuple):
     """One database query as the collector saw it.
 
     ``sql`` is the statement with placeholders, never with the parameters bound
     in: parameters can carry personal data, so they are kept only as a hash
     (enough to spot the same query run twice) unless ``HIDE_SQL_PARAMS`` is off.
+
+    A tuple rather than a dataclass because one is built per query on the hot
+    path; ``call_site`` is formatted only when someone reads it.
     """
 
     sql: str
     alias: str
     duration: float  # seconds
-    call_site: str | None
+    #: ``(filename, line, function)`` of the first frame in project code.
+    site: tuple[str, int, str] | None
     params_hash: int
     params: Any = None
     many: bool = False
     failed: bool = False
+
+    @property
+    def call_site(self) -> str | None:
+        """``path/to/views.py:42 in article_list`` (relative to the working directory)."""
+        if self.site is None:
+            return None
+        filename, line, function = self.site
+        return f"{_short_path(filename)}:{line} in {function}"
+
+
+_cwd = os.getcwd() + os.sep
+
+
+def _short_path(filename: str) -> str:
+    return filename[len(_cwd) :] if filename.startswith(_cwd) else filename
 
 
 @dataclass(slots=True)

@@ -28,9 +28,11 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from django_perfkit.conf import get_settings
-from django_perfkit.record import QueryRecord, _current
+from django_perfkit.record import QueryRecord, _current, _short_path
 
-__all__ = ["QueryCollector", "call_site", "install", "install_on_all_connections"]
+_new_tuple = tuple.__new__
+
+__all__ = ["QueryCollector", "call_site", "find_site", "install", "install_on_all_connections"]
 
 _library_file: dict[str, bool] = {}
 _library_prefixes: tuple[str, ...] | None = None
@@ -62,22 +64,25 @@ def _is_library(filename: str) -> bool:
     return known
 
 
-def call_site(skip: int = 1) -> str | None:
-    """``path/to/file.py:42 in view_name`` of the first frame in project code."""
+def find_site(skip: int = 1) -> tuple[str, int, str] | None:
+    """``(filename, line, function)`` of the first frame in project code."""
     frame: Any = sys._getframe(skip)
     while frame is not None:
         code = frame.f_code
-        if not _is_library(code.co_filename):
-            return f"{_short_path(code.co_filename)}:{frame.f_lineno} in {code.co_name}"
+        filename = code.co_filename
+        is_library = _library_file.get(filename)
+        if is_library is None:
+            is_library = _is_library(filename)
+        if not is_library:
+            return (filename, frame.f_lineno, code.co_name)
         frame = frame.f_back
     return None
 
 
-_cwd = os.getcwd() + os.sep
-
-
-def _short_path(filename: str) -> str:
-    return filename[len(_cwd) :] if filename.startswith(_cwd) else filename
+def call_site(skip: int = 1) -> str | None:
+    """``path/to/file.py:42 in view_name`` of the first frame in project code."""
+    site = find_site(skip + 1)
+    return None if site is None else f"{_short_path(site[0])}:{site[1]} in {site[2]}"
 
 
 def _params_hash(params: Any) -> int:
@@ -123,15 +128,20 @@ class QueryCollector:
             stats.time += duration
             if len(stats.queries) < settings.max_queries_recorded:
                 stats.queries.append(
-                    QueryRecord(
-                        sql=sql,
-                        alias=context["connection"].alias,
-                        duration=duration,
-                        call_site=call_site(2) if settings.capture_call_sites else None,
-                        params_hash=_params_hash(params),
-                        params=None if settings.hide_sql_params else params,
-                        many=many,
-                        failed=failed,
+                    # tuple.__new__ with one tuple: the cheapest way to build a
+                    # NamedTuple (no keyword handling), on a path run per query.
+                    _new_tuple(
+                        QueryRecord,
+                        (
+                            sql,
+                            context["connection"].alias,
+                            duration,
+                            find_site(2) if settings.capture_call_sites else None,
+                            _params_hash(params),
+                            None if settings.hide_sql_params else params,
+                            many,
+                            failed,
+                        ),
                     )
                 )
             else:

@@ -1,0 +1,263 @@
+"""Views of the demo news site.
+
+Most views are written the way a careful Django developer would write them: a constant
+number of queries per request. Two are *deliberately naive* (``article_list_naive`` and
+``api_articles_naive``): they issue one query per row and related object (an N+1) so
+django-perfkit's query guards and profiler have a real problem to find. Do not "fix" them.
+"""
+
+from __future__ import annotations
+
+from math import ceil
+from typing import Any
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db.models import F, Prefetch
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST, require_safe
+
+from .forms import CommentForm
+from .models import Article, ArticleQuerySet, Category
+
+PAGE_SIZE = 20
+HOME_LATEST = 10
+HOME_PER_CATEGORY = 3
+SEARCH_LIMIT = 50
+SEARCH_MAX_QUERY_LENGTH = 100
+
+
+# --- HTML pages -------------------------------------------------------------------------
+
+
+@require_safe
+def home(request: HttpRequest) -> HttpResponse:
+    """Latest articles plus the latest few per category, in four queries.
+
+    The per-category block uses a sliced ``Prefetch`` (a window function in SQL), so
+    the number of queries does not grow with the number of categories.
+    """
+    latest = list(Article.objects.published().newest_first().for_listing()[:HOME_LATEST])
+    per_category = Article.objects.published().newest_first().select_related("author")
+    per_category = per_category[:HOME_PER_CATEGORY]
+    categories = list(
+        Category.objects.prefetch_related(
+            Prefetch("articles", queryset=per_category, to_attr="latest_articles")
+        )
+    )
+    return render(request, "news/home.html", {"latest": latest, "categories": categories})
+
+
+@require_safe
+def article_list(request: HttpRequest) -> HttpResponse:
+    """Paginated article list: three queries (count, rows, tags) whatever the page size."""
+    paginator = Paginator(Article.objects.published().newest_first().for_listing(), PAGE_SIZE)
+    page = paginator.get_page(request.GET.get("page"))
+    return render(
+        request,
+        "news/article_list.html",
+        {"page_obj": page, "articles": page.object_list, "naive": False},
+    )
+
+
+@require_safe
+def article_list_naive(request: HttpRequest) -> HttpResponse:
+    """DELIBERATELY NAIVE copy of :func:`article_list` -- an N+1 on purpose.
+
+    No ``select_related``, ``prefetch_related`` or ``annotate``: the template reads
+    ``article.author.name``, ``article.category.name``, ``article.tags.all`` and
+    ``article.comments.count`` for every row, i.e. 2 + 4 x rows queries. It exists so
+    django-perfkit has a real N+1 to detect; keep it naive.
+    """
+    paginator = Paginator(Article.objects.published().newest_first(), PAGE_SIZE)
+    page = paginator.get_page(request.GET.get("page"))
+    return render(
+        request,
+        "news/article_list_naive.html",
+        {"page_obj": page, "articles": page.object_list, "naive": True},
+    )
+
+
+def _render_detail(
+    request: HttpRequest, article: Article, form: CommentForm, *, status: int = 200
+) -> HttpResponse:
+    comments = list(article.approved_comments())
+    return render(
+        request,
+        "news/article_detail.html",
+        {"article": article, "comments": comments, "form": form},
+        status=status,
+    )
+
+
+def _get_published_article(slug: str) -> Article:
+    queryset = Article.objects.published().select_related("author", "category")
+    return get_object_or_404(queryset.prefetch_related("tags"), slug=slug)
+
+
+@require_safe
+def article_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    article = _get_published_article(slug)
+    # Atomic increment in the database: no read-modify-write race between workers.
+    Article.objects.filter(pk=article.pk).update(view_count=F("view_count") + 1)
+    initial = {"author_name": request.user.get_username()} if request.user.is_authenticated else {}
+    return _render_detail(request, article, CommentForm(initial=initial))
+
+
+@require_POST
+def article_comment(request: HttpRequest, slug: str) -> HttpResponse:
+    """Create a comment (CSRF-protected POST), then POST/redirect/GET back to the article."""
+    article = _get_published_article(slug)
+    form = CommentForm(request.POST)
+    if not form.is_valid():
+        return _render_detail(request, article, form, status=400)
+    comment = form.save(commit=False)
+    comment.article = article
+    comment.save()
+    messages.success(request, "Thanks, your comment has been posted.")
+    return HttpResponseRedirect(f"{article.get_absolute_url()}#comment-{comment.pk}", status=303)
+
+
+@require_safe
+def search(request: HttpRequest) -> HttpResponse:
+    """Title search (``icontains``), at most ``SEARCH_LIMIT`` results, two queries."""
+    query = request.GET.get("q", "").strip()[:SEARCH_MAX_QUERY_LENGTH]
+    results: list[Article] = []
+    if query:
+        matches = (
+            Article.objects.published().filter(title__icontains=query).newest_first().for_listing()
+        )
+        results = list(matches[:SEARCH_LIMIT])
+    return render(
+        request,
+        "news/search.html",
+        {"query": query, "results": results, "limit": SEARCH_LIMIT},
+    )
+
+
+@never_cache
+@require_safe
+def healthz(request: HttpRequest) -> HttpResponse:
+    """Liveness probe: no database, no cache."""
+    return HttpResponse("ok", content_type="text/plain")
+
+
+# --- JSON API ---------------------------------------------------------------------------
+
+
+class _APIError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _api_queryset(request: HttpRequest) -> ArticleQuerySet:
+    queryset = Article.objects.published().newest_first()
+    category = request.GET.get("category", "").strip()
+    if category:
+        queryset = queryset.filter(category__slug=category)
+    return queryset
+
+
+def _api_page(request: HttpRequest, count: int) -> tuple[int, int]:
+    """(page, num_pages) for ``?page=``; 400 if it is not a number, 404 if out of range."""
+    num_pages = max(1, ceil(count / PAGE_SIZE))
+    raw = request.GET.get("page", "").strip() or "1"
+    try:
+        page = int(raw)
+    except ValueError:
+        raise _APIError(400, "page must be a positive integer") from None
+    if not 1 <= page <= num_pages:
+        raise _APIError(404, f"page {page} out of range 1..{num_pages}")
+    return page, num_pages
+
+
+def _page_url(request: HttpRequest, page: int) -> str:
+    params = request.GET.copy()
+    params["page"] = str(page)
+    return request.build_absolute_uri(f"{request.path}?{params.urlencode()}")
+
+
+def _article_json(request: HttpRequest, article: Article, comment_count: int) -> dict[str, Any]:
+    return {
+        "id": article.pk,
+        "title": article.title,
+        "slug": article.slug,
+        "url": request.build_absolute_uri(article.get_absolute_url()),
+        "category": {"slug": article.category.slug, "name": article.category.name},
+        "author": {"id": article.author.pk, "name": article.author.name},
+        "tags": [{"slug": tag.slug, "name": tag.name} for tag in article.tags.all()],
+        "comment_count": comment_count,
+        "published_at": article.published_at.isoformat(),
+    }
+
+
+def _api_payload(
+    request: HttpRequest, count: int, page: int, num_pages: int, results: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "count": count,
+        "page": page,
+        "num_pages": num_pages,
+        "page_size": PAGE_SIZE,
+        "next": _page_url(request, page + 1) if page < num_pages else None,
+        "previous": _page_url(request, page - 1) if page > 1 else None,
+        "results": results,
+    }
+
+
+def _error(exc: _APIError) -> JsonResponse:
+    return JsonResponse({"error": exc.message}, status=exc.status)
+
+
+@require_safe
+def api_articles(request: HttpRequest) -> JsonResponse:
+    """JSON article list (``?page=``, ``?category=<slug>``): three queries per page."""
+    queryset = _api_queryset(request)
+    count = queryset.count()
+    try:
+        page, num_pages = _api_page(request, count)
+    except _APIError as exc:
+        return _error(exc)
+    start = (page - 1) * PAGE_SIZE
+    articles = list(queryset.for_listing()[start : start + PAGE_SIZE])
+    results = [_article_json(request, a, a.comment_count) for a in articles]
+    return JsonResponse(_api_payload(request, count, page, num_pages, results))
+
+
+@require_safe
+def api_articles_naive(request: HttpRequest) -> JsonResponse:
+    """DELIBERATELY NAIVE copy of :func:`api_articles` -- an N+1 on purpose.
+
+    Author, category, tags and the comment count are each fetched per article
+    (2 + 4 x rows queries). Same JSON as the optimised endpoint.
+    """
+    queryset = _api_queryset(request)
+    count = queryset.count()
+    try:
+        page, num_pages = _api_page(request, count)
+    except _APIError as exc:
+        return _error(exc)
+    start = (page - 1) * PAGE_SIZE
+    articles = list(queryset[start : start + PAGE_SIZE])
+    results = [_article_json(request, a, a.comments.count()) for a in articles]
+    return JsonResponse(_api_payload(request, count, page, num_pages, results))
+
+
+@require_safe
+async def api_articles_async(request: HttpRequest) -> JsonResponse:
+    """``async def`` twin of :func:`api_articles`, using the async ORM; same JSON."""
+    queryset = _api_queryset(request)
+    count = await queryset.acount()
+    try:
+        page, num_pages = _api_page(request, count)
+    except _APIError as exc:
+        return _error(exc)
+    start = (page - 1) * PAGE_SIZE
+    # Async iteration runs the prefetch_related("tags") lookup too (Django >= 5.0).
+    articles = [a async for a in queryset.for_listing()[start : start + PAGE_SIZE]]
+    results = [_article_json(request, a, a.comment_count) for a in articles]
+    return JsonResponse(_api_payload(request, count, page, num_pages, results))

@@ -1,0 +1,169 @@
+"""Settings for the django-perfkit demo news site (``testproject``).
+
+Development/demo settings only. The database and cache are picked at import time:
+
+* ``DATABASE_URL`` if set, else PostgreSQL on 127.0.0.1:5432 if it answers, else SQLite;
+* ``REDIS_URL`` if set, else Redis on 127.0.0.1:6379 if it answers, else LocMemCache.
+
+One line saying what was picked is printed to stderr (once per process; silence it
+with ``PERFKIT_DEMO_QUIET=1``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from testproject.envconfig import (
+    announce,
+    describe_database,
+    env_flag,
+    parse_database_url,
+    port_open,
+    redact_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BASE_DIR.parent
+
+SECRET_KEY = os.environ.get(
+    "DJANGO_SECRET_KEY",
+    "django-insecure-perfkit-demo-only-do-not-use-this-key-in-production",
+)
+DEBUG = env_flag("DJANGO_DEBUG", "1")
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_perfkit",
+    "testproject.news",
+]
+
+MIDDLEWARE = [
+    "django_perfkit.middleware.PerfkitMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "testproject.urls"
+WSGI_APPLICATION = "testproject.wsgi.application"
+ASGI_APPLICATION = "testproject.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.debug",
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ---------------------------------------------------------------------------
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+_database_url = os.environ.get("DATABASE_URL", "").strip()
+if _database_url:
+    _default_db: dict[str, Any] = parse_database_url(_database_url)
+elif port_open(PG_HOST, PG_PORT, timeout=0.3):
+    _default_db = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": "perfkit_demo",
+        "USER": "postgres",
+        "PASSWORD": "",
+        "HOST": PG_HOST,
+        "PORT": str(PG_PORT),
+        "CONN_MAX_AGE": 60,
+    }
+else:
+    _default_db = {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}
+DATABASES = {"default": _default_db}
+
+# --- Cache ------------------------------------------------------------------------------
+REDIS_DEFAULT_URL = "redis://127.0.0.1:6379/0"
+_redis_url = os.environ.get("REDIS_URL", "").strip()
+if not _redis_url and port_open("127.0.0.1", 6379, timeout=0.3):
+    _redis_url = REDIS_DEFAULT_URL
+
+if _redis_url:
+    CACHES: dict[str, dict[str, Any]] = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": _redis_url,
+            "KEY_PREFIX": "perfkit-demo",
+            "OPTIONS": {
+                # Short timeouts + swallowed errors: the demo keeps answering with Redis down.
+                "SOCKET_CONNECT_TIMEOUT": 0.5,
+                "SOCKET_TIMEOUT": 0.5,
+                "IGNORE_EXCEPTIONS": True,
+            },
+        }
+    }
+    DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+    PERFKIT: dict[str, Any] = {"REDIS_CACHE_ALIAS": "default", "KEY_PREFIX": "perfkit-demo"}
+    _cache_desc = redact_url(_redis_url)
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "perfkit-demo",
+        }
+    }
+    PERFKIT = {"REDIS_CACHE_ALIAS": None, "KEY_PREFIX": "perfkit-demo"}
+    _cache_desc = "locmem (Redis not reachable)"
+
+# Database-backed sessions (Django's default) so logins survive a Redis outage.
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+
+announce(
+    "perfkit demo: database="
+    f"{describe_database(_default_db, base_dir=str(REPO_ROOT))} "
+    f"cache={_cache_desc}"
+)
+
+# --- Auth -------------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "news:login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
+
+# --- I18N / static ----------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "django_perfkit": {"handlers": ["console"], "level": "INFO"},
+    },
+}
