@@ -34,29 +34,15 @@ from urllib.parse import urlsplit
 from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
-from django.utils.module_loading import import_string
 
 from django_perfkit.conf import DEFAULTS, SERVER_TIMING_MODES
+from django_perfkit.redis.gateway import is_django_redis_backend
 
 MIDDLEWARE_PATH = "django_perfkit.middleware.PerfkitMiddleware"
 
 _TIMEOUTS = ("REDIS_CONNECT_TIMEOUT", "REDIS_TIMEOUT", "BREAKER_COOLDOWN")
 _SWITCHES = ("ENABLED", "REDIS_CLUSTER", "COLLECT_QUERIES", "CAPTURE_CALL_SITES", "HIDE_SQL_PARAMS")
 _COUNTS = {"MAX_QUERIES_RECORDED": 0, "BREAKER_FAILURES": 1}
-
-
-def _is_django_redis(backend: Any) -> bool:
-    if not isinstance(backend, str):
-        return False
-    if backend == "django_redis.cache.RedisCache":
-        return True
-    try:
-        from django_redis.cache import RedisCache
-
-        cls = import_string(backend)
-    except ImportError:
-        return False
-    return isinstance(cls, type) and issubclass(cls, RedisCache)
 
 
 @register(Tags.compatibility)
@@ -189,7 +175,7 @@ def _check_redis(raw: dict[str, Any]) -> list[CheckMessage]:
         )
         return errors
     backend = caches[alias].get("BACKEND")
-    if not _is_django_redis(backend):
+    if not is_django_redis_backend(backend):
         if explicit:
             errors.append(
                 Error(
@@ -204,7 +190,7 @@ def _check_redis(raw: dict[str, Any]) -> list[CheckMessage]:
             errors.append(
                 Warning(
                     f"The {alias!r} cache ({backend}) is not a django-redis cache, so perfkit "
-                    "runs without Redis: rate limits, .cache() and fleet stats are off.",
+                    "runs without Redis: each feature that needs Redis degrades as documented.",
                     hint='Configure a django-redis cache and set PERFKIT["REDIS_CACHE_ALIAS"] '
                     'to its alias, or set PERFKIT["REDIS_CACHE_ALIAS"] = None to say that '
                     "this is intended.",

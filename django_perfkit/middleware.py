@@ -27,6 +27,9 @@ _NEEDS_USER = frozenset({"staff", "staff_or_internal"})
 
 
 class PerfkitMiddleware:
+    """Opens a :class:`~django_perfkit.record.RequestRecord` per request and,
+    once the response exists, hands the closed record to each reporter."""
+
     sync_capable = True
     async_capable = True
 

@@ -192,3 +192,34 @@ def test_breaker_half_open_lets_one_trial_through() -> None:
 
 def test_test_settings_use_a_dedicated_database() -> None:
     assert settings.REDIS_URL.endswith("/13")
+
+
+def test_default_alias_that_is_not_django_redis_means_no_redis() -> None:
+    # The W004 case: perfkit was not told about Redis and the default cache is
+    # locmem. Calls must return their default, not raise NotImplementedError.
+    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    with override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test"}, CACHES=caches):
+        gw = get_gateway()
+        assert gw.configured is False
+        assert gw.run(lambda c: c.ping(), "no-redis") == "no-redis"
+
+
+def test_a_client_that_cannot_be_built_is_a_failure_not_an_exception(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test", "REDIS_CACHE_ALIAS": "default"}):
+        gw = get_gateway()
+        assert gw.configured
+        # The alias disappears after start-up (a settings reload gone wrong).
+        from django.conf import settings as dj
+
+        caches = dict(dj.CACHES)
+        del caches["default"]
+        gw.close()
+        with override_settings(CACHES=caches):
+            gw.settings = gw.settings  # same gateway object, client not built yet
+            gw._client = None
+            with record_request() as rec:
+                assert gw.run(lambda c: c.ping(), "fallback") == "fallback"
+        assert rec.redis_failures == 1
+        assert "cannot build the Redis client" in caplog.text

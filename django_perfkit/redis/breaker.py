@@ -22,6 +22,8 @@ logger = logging.getLogger("django_perfkit.redis")
 
 
 class CircuitBreaker:
+    """Closed (calls go through), open (calls skipped), half-open (one trial call)."""
+
     __slots__ = (
         "threshold",
         "cooldown",
@@ -51,6 +53,7 @@ class CircuitBreaker:
 
     @property
     def state(self) -> str:
+        """``"closed"``, ``"open"`` or ``"half-open"``."""
         if self._opened_at is None:
             return "closed"
         if self._clock() - self._opened_at >= self.cooldown:
@@ -78,6 +81,7 @@ class CircuitBreaker:
             return True
 
     def record_success(self) -> None:
+        """A call succeeded: close the breaker."""
         if self._opened_at is None and self._consecutive == 0:
             return
         with self._lock:
@@ -89,6 +93,7 @@ class CircuitBreaker:
             logger.info("perfkit: Redis answers again; circuit breaker closed")
 
     def record_failure(self, exc: BaseException | None = None) -> None:
+        """A call failed: count it; open (or re-open) the breaker at the threshold."""
         with self._lock:
             self._consecutive += 1
             trial_failed = self._trial_in_flight

@@ -68,8 +68,16 @@ class RedisGateway:
 
     def __init__(self, settings: PerfkitSettings) -> None:
         self.settings = settings
+        #: Every key perfkit stores starts with this (``KEY_PREFIX``).
         self.prefix = settings.key_prefix
-        self.configured = settings.redis_url is not None or settings.redis_cache_alias is not None
+        #: False when perfkit runs without Redis: ``REDIS_CACHE_ALIAS = None`` and no
+        #: ``REDIS_URL``, or an alias that is not a django-redis cache (system check
+        #: W004). Every call then returns its default at once.
+        self.configured = settings.redis_url is not None or (
+            settings.redis_cache_alias is not None
+            and is_django_redis_alias(settings.redis_cache_alias)
+        )
+        #: The process-wide :class:`CircuitBreaker` for perfkit's Redis calls.
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown)
         #: Redis calls that failed or were skipped, in this process.
         self.failures = 0
@@ -140,7 +148,12 @@ class RedisGateway:
             self._count_failure(None, skipped=True)
             return default
         try:
-            result = operation(self.client)
+            client = self.client
+        except Exception as exc:
+            self._on_setup_failure(exc)
+            return default
+        try:
+            result = operation(client)
         except OUTAGE_ERRORS as exc:
             self._on_outage(exc)
             return default
@@ -160,7 +173,12 @@ class RedisGateway:
             self._count_failure(None, skipped=True)
             return default
         try:
-            result = await operation(self.async_client())
+            client = self.async_client()
+        except Exception as exc:
+            self._on_setup_failure(exc)
+            return default
+        try:
+            result = await operation(client)
         except OUTAGE_ERRORS as exc:
             self._on_outage(exc)
             return default
@@ -179,6 +197,7 @@ class RedisGateway:
     async def arun_script(
         self, script: LuaScript, keys: Sequence[KeyT], args: Sequence[ArgT], default: T
     ) -> Any | T:
+        """The async form of :meth:`run_script`."""
         return await self.arun(lambda client: script.arun(client, keys, args), default)
 
     def ping(self) -> bool:
@@ -186,6 +205,7 @@ class RedisGateway:
         return bool(self.run(lambda client: client.ping(), False))
 
     async def aping(self) -> bool:
+        """The async form of :meth:`ping`."""
         return bool(await self.arun(lambda client: client.ping(), False))
 
     def _count_failure(self, exc: BaseException | None, skipped: bool) -> None:
@@ -203,6 +223,16 @@ class RedisGateway:
             # A cluster client that never reached its startup nodes is useless;
             # build a new one on the next try.
             self._client = None
+
+    def _on_setup_failure(self, exc: BaseException) -> None:
+        # A client that cannot even be built (a cluster that never answered at
+        # start-up, a cache alias that went away): an outage like any other.
+        if isinstance(exc, OUTAGE_ERRORS):
+            self._on_outage(exc)
+            return
+        self._count_failure(exc, skipped=False)
+        self.breaker.record_failure(exc)
+        logger.error("perfkit: cannot build the Redis client: %r", exc)
 
     def _on_bad_reply(self, exc: ResponseError) -> None:
         self.breaker.record_success()
@@ -251,6 +281,29 @@ def _build_sync_client(settings: PerfkitSettings) -> Any:
     else:
         new_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
     return redis.Redis(connection_pool=new_pool)
+
+
+def is_django_redis_alias(alias: str) -> bool:
+    """Is ``CACHES[alias]`` a django-redis cache (or a subclass of one)?"""
+    from django.conf import settings
+
+    config = getattr(settings, "CACHES", {}).get(alias)
+    return config is not None and is_django_redis_backend(config.get("BACKEND"))
+
+
+def is_django_redis_backend(backend: Any) -> bool:
+    if not isinstance(backend, str):
+        return False
+    if backend == "django_redis.cache.RedisCache":
+        return True
+    from django.utils.module_loading import import_string
+    from django_redis.cache import RedisCache
+
+    try:
+        cls = import_string(backend)
+    except ImportError:
+        return False
+    return isinstance(cls, type) and issubclass(cls, RedisCache)
 
 
 def _cache_pool(alias: str) -> Any:

@@ -21,6 +21,8 @@ ArgT = str | bytes | int | float
 
 
 class LuaScript:
+    """A Lua script: its source and SHA1. Run it with :meth:`RedisGateway.run_script`."""
+
     __slots__ = ("name", "source", "sha")
 
     def __init__(self, source: str, name: str = "") -> None:

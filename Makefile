@@ -1,0 +1,66 @@
+# django-perfkit: the commands in the README.
+#   make demo   serve the demo news site on http://127.0.0.1:8000
+#   make test   run the whole suite against PostgreSQL and Redis on localhost
+#   make lint / make docs / make bench / make tox-ci
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+PIP_QUIET := --quiet --disable-pip-version-check
+
+.PHONY: install services demo test lint docs bench tox-ci clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalls when pyproject.toml changes.
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install $(PIP_QUIET) --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install $(PIP_QUIET) -e ".[dev,docs]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import django, django_redis, pytest_django, model_bakery, psycopg, sphinx"
+	touch $@
+
+install: $(INSTALLED)
+
+services:
+	@scripts/ensure-services.sh
+
+demo: install
+	@scripts/ensure-services.sh --optional
+	$(BIN)/python testproject/manage.py prepare_db
+	$(BIN)/python testproject/manage.py migrate --noinput
+	$(BIN)/python testproject/manage.py seed --if-empty
+	@echo ""
+	@echo "perfkit demo on http://127.0.0.1:8000  (Ctrl-C stops it)"
+	@echo "  /                    home page"
+	@echo "  /articles/           article list (optimised)"
+	@echo "  /articles/naive/     the same list with N+1 queries"
+	@echo "  /api/articles/       JSON API      /api/articles/naive/   its N+1 twin"
+	@echo "  /search/?q=the       search        /login/   demo / demo-password"
+	@echo "  curl -i http://127.0.0.1:8000/articles/ | grep Server-Timing"
+	@echo ""
+	PERFKIT_DEMO_QUIET=1 $(BIN)/python testproject/manage.py runserver 127.0.0.1:8000
+
+test: install services
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+docs: install
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+bench: install services
+	$(BIN)/python bench/run.py
+
+# The tox envs CI runs: Django 6.1 on Python 3.12 (PostgreSQL), and the SQLite one.
+# pyenv's interpreters are put on PATH so tox finds python3.12.
+tox-ci: install services
+	PATH="$$PATH:$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.*/bin 2>/dev/null | tr '\n' ':')" \
+	    $(BIN)/tox run -e py312-dj61,py312-dj61-sqlite
+
+clean:
+	rm -rf $(VENV) .tox docs/_build .pytest_cache .mypy_cache .ruff_cache
