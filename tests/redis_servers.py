@@ -6,6 +6,7 @@ scenarios run against a ``redis-server`` of our own on a free loopback port.
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -23,6 +24,7 @@ class PrivateRedis:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_args: list[str] = []
 
     @property
     def url(self) -> str:
@@ -45,6 +47,7 @@ class PrivateRedis:
                 "no",
                 "--protected-mode",
                 "no",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -100,3 +103,58 @@ class BlackHole:
         for conn in self.accepted:
             conn.close()
         self.sock.close()
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000) is free and valid too."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 50000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a private Redis Cluster")
+
+
+class PrivateCluster:
+    """A three-node Redis Cluster (no replicas) on free loopback ports."""
+
+    def __init__(self) -> None:
+        self.nodes = [PrivateRedis(free_cluster_port()) for _ in range(3)]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self, tmpdir: str) -> None:
+        for i, node in enumerate(self.nodes):
+            node.extra_args = [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", f"{tmpdir}/nodes-{i}.conf",
+                "--dir", tmpdir,
+            ]  # fmt: skip
+            node.start()
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0",
+             "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                ["redis-cli", "-p", str(self.nodes[0].port), "cluster", "info"],
+                capture_output=True, text=True, timeout=5,
+            )  # fmt: skip
+            if "cluster_state:ok" in out.stdout:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("private Redis Cluster did not reach cluster_state:ok")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

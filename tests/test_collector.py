@@ -106,7 +106,8 @@ def test_failed_query_is_recorded_and_the_error_propagates() -> None:
 
 def test_executemany_counts_once_and_is_marked() -> None:
     with record_request() as rec, connection.cursor() as cursor:
-        cursor.executemany("SELECT %s", [(1,), (2,)])
+        # DML: SQLite refuses executemany() for a SELECT.
+        cursor.executemany("UPDATE auth_group SET name = name WHERE id = %s", [(1,), (2,)])
     (query,) = rec.db.queries
     assert query.many is True
 

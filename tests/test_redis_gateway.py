@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -10,7 +11,7 @@ from django.test import override_settings
 
 from django_perfkit.record import record_request
 from django_perfkit.redis import CircuitBreaker, LuaScript, RedisGateway, get_gateway
-from tests.redis_servers import BlackHole, PrivateRedis
+from tests.redis_servers import BlackHole, PrivateCluster, PrivateRedis
 
 INCR_BY_ARG = LuaScript("return redis.call('INCRBY', KEYS[1], ARGV[1])", name="incr-by-arg")
 
@@ -223,3 +224,48 @@ def test_a_client_that_cannot_be_built_is_a_failure_not_an_exception(
                 assert gw.run(lambda c: c.ping(), "fallback") == "fallback"
         assert rec.redis_failures == 1
         assert "cannot build the Redis client" in caplog.text
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[PrivateCluster]:
+    private = PrivateCluster()
+    try:
+        private.start(str(tmp_path))
+        yield private
+    finally:
+        private.stop()
+
+
+MOVE_COUNT = LuaScript(
+    "local n = redis.call('INCR', KEYS[1]); redis.call('SET', KEYS[2], n); return n",
+    name="two-keys",
+)
+
+
+def test_redis_cluster_through_redis_url(cluster: PrivateCluster) -> None:
+    with override_settings(
+        PERFKIT={"REDIS_URL": cluster.url, "REDIS_CLUSTER": True, "KEY_PREFIX": "perfkit-test"}
+    ):
+        gw = get_gateway()
+        assert isinstance(gw.client, redis.cluster.RedisCluster)
+        # Two keys in one script: legal on a cluster only because the hash tag
+        # puts them in one slot.
+        keys = [gw.key("test", "cluster", "count"), gw.key("test", "cluster", "copy")]
+        assert gw.run_script(MOVE_COUNT, keys, [], None) == 1
+        assert gw.run_script(MOVE_COUNT, keys, [], None) == 2
+        assert gw.run(lambda c: c.get(keys[1]), None) == b"2"
+        # Without the shared tag, the same script is refused by the cluster.
+        untagged = ["perfkit-test:a", "perfkit-test:b"]
+        assert gw.run_script(MOVE_COUNT, untagged, [], "refused") == "refused"
+        gw.close()
+
+
+async def test_redis_cluster_async(cluster: PrivateCluster) -> None:
+    with override_settings(
+        PERFKIT={"REDIS_URL": cluster.url, "REDIS_CLUSTER": True, "KEY_PREFIX": "perfkit-test"}
+    ):
+        gw = get_gateway()
+        keys = [gw.key("test", "acluster", "count"), gw.key("test", "acluster", "copy")]
+        assert await gw.arun_script(MOVE_COUNT, keys, [], None) == 1
+        assert await gw.arun(lambda c: c.get(keys[1]), None) == b"1"
+        await gw.aclose()

@@ -135,8 +135,10 @@ class RedisGateway:
         client = self._async_clients.pop(loop, None)
         if client is not None:
             await client.aclose()
-            # A pool passed in explicitly is not closed by the client.
-            await client.connection_pool.disconnect()
+            pool = getattr(client, "connection_pool", None)  # a cluster client has none
+            if pool is not None:
+                # A pool passed in explicitly is not closed by the client.
+                await pool.disconnect()
 
     # -- the failure policy ---------------------------------------------------
 
@@ -363,7 +365,9 @@ def _build_async_client(settings: PerfkitSettings) -> Any:
         if settings.redis_cluster:
             from redis.asyncio.cluster import RedisCluster
 
-            return RedisCluster.from_url(settings.redis_url, **_timeouts(settings))
+            timeouts = _timeouts(settings)
+            del timeouts["retry_on_timeout"]  # not an option of the async cluster client
+            return RedisCluster.from_url(settings.redis_url, **timeouts)
         return redis.asyncio.Redis.from_url(settings.redis_url, **_timeouts(settings))
     if settings.redis_cache_alias is None:
         raise RedisNotConfigured("perfkit has no Redis configured")
