@@ -247,12 +247,25 @@ class RedisGateway:
 # -- building clients -------------------------------------------------------------
 
 
-def _timeouts(settings: PerfkitSettings) -> dict[str, Any]:
+def _timeouts(settings: PerfkitSettings, for_async: bool = False) -> dict[str, Any]:
+    from redis.backoff import NoBackoff
+
+    if for_async:
+        from redis.asyncio.retry import Retry as AsyncRetry
+
+        no_retry: Any = AsyncRetry(NoBackoff(), 0)
+    else:
+        from redis.retry import Retry
+
+        no_retry = Retry(NoBackoff(), 0)
     return {
         "socket_timeout": settings.redis_timeout,
         "socket_connect_timeout": settings.redis_connect_timeout,
         # One attempt: the breaker, not a retry loop, decides what happens next.
+        # redis-py's default retries a failed call with backoff (10 times in
+        # redis-py 8): against a stopped server that is seconds per call.
         "retry_on_timeout": False,
+        "retry": no_retry,
     }
 
 
@@ -356,7 +369,7 @@ _PORTABLE_KWARGS = frozenset(
 
 def _portable(kwargs: dict[str, Any], settings: PerfkitSettings) -> dict[str, Any]:
     portable = {k: v for k, v in kwargs.items() if k in _PORTABLE_KWARGS}
-    portable.update(_timeouts(settings))
+    portable.update(_timeouts(settings, for_async=True))
     return portable
 
 
@@ -365,10 +378,12 @@ def _build_async_client(settings: PerfkitSettings) -> Any:
         if settings.redis_cluster:
             from redis.asyncio.cluster import RedisCluster
 
-            timeouts = _timeouts(settings)
+            timeouts = _timeouts(settings, for_async=True)
             del timeouts["retry_on_timeout"]  # not an option of the async cluster client
             return RedisCluster.from_url(settings.redis_url, **timeouts)
-        return redis.asyncio.Redis.from_url(settings.redis_url, **_timeouts(settings))
+        return redis.asyncio.Redis.from_url(
+            settings.redis_url, **_timeouts(settings, for_async=True)
+        )
     if settings.redis_cache_alias is None:
         raise RedisNotConfigured("perfkit has no Redis configured")
     pool = _cache_pool(settings.redis_cache_alias)
@@ -386,7 +401,7 @@ def _build_async_client(settings: PerfkitSettings) -> Any:
             )
             for s in pool.sentinel_manager.sentinels
         ]
-        sentinel = Sentinel(sentinels, **_timeouts(settings))  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(sentinels, **_timeouts(settings, for_async=True))  # type: ignore[no-untyped-call]
         return sentinel.master_for(pool.service_name, **kwargs)
     async_class = _ASYNC_CONNECTION_CLASSES.get(pool.connection_class, redis.asyncio.Connection)
     return redis.asyncio.Redis(
