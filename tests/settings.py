@@ -1,7 +1,7 @@
 """Settings for perfkit's own test suite.
 
 The suite runs against the real services: PostgreSQL and Redis on localhost
-(override with PERFKIT_TEST_DATABASE_URL-style variables below). With
+(override with the PERFKIT_TEST_PG* and PERFKIT_TEST_REDIS_URL variables). With
 ``PERFKIT_TEST_DB=sqlite`` it runs on SQLite instead, which is how tox proves
 the embedded default. Redis: database 13 with the key prefix ``perfkit-test``;
 the suite deletes only keys under that prefix.
@@ -11,51 +11,11 @@ from __future__ import annotations
 
 import os
 
+from testproject.settings_common import *  # noqa: F403  (apps, middleware, templates, URLs)
+
 SECRET_KEY = "perfkit-tests-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
-USE_TZ = True
-DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-
-INSTALLED_APPS = [
-    "django.contrib.admin",
-    "django.contrib.auth",
-    "django.contrib.contenttypes",
-    "django.contrib.sessions",
-    "django.contrib.messages",
-    "django.contrib.staticfiles",
-    "django_perfkit",
-    "testproject.news",
-]
-
-MIDDLEWARE = [
-    "django_perfkit.middleware.PerfkitMiddleware",
-    "django.middleware.security.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-]
-
-ROOT_URLCONF = "testproject.urls"
-STATIC_URL = "/static/"
-LOGIN_REDIRECT_URL = "/"
-
-TEMPLATES = [
-    {
-        "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
-        "APP_DIRS": True,
-        "OPTIONS": {
-            "context_processors": [
-                "django.template.context_processors.request",
-                "django.contrib.auth.context_processors.auth",
-                "django.contrib.messages.context_processors.messages",
-            ]
-        },
-    }
-]
 
 if os.environ.get("PERFKIT_TEST_DB", "postgresql") == "sqlite":
     DATABASES = {
