@@ -144,3 +144,15 @@ async def test_async_orm_queries_are_counted() -> None:
         assert await User.objects.acount() == 0
         assert await User.objects.filter(username="x").aexists() is False
     assert rec.db.count == 2
+
+
+def test_unhashable_params_do_not_break_the_query() -> None:
+    # A list inside the params tuple (an array value, say) cannot be hashed.
+    with record_request() as rec, connection.cursor() as cursor:
+        cursor.execute("SELECT %s, %s", ("a", 1))
+        params_hash = rec.db.queries[0].params_hash
+        from django_perfkit.collectors.db import _params_hash
+
+        assert _params_hash(("a", [1, 2])) == _params_hash(("a", [1, 2]))
+        assert _params_hash(("a", [1, 2])) != _params_hash(("a", [1, 3]))
+    assert isinstance(params_hash, int)

@@ -89,6 +89,8 @@ def _params_hash(params: Any) -> int:
     # Enough to tell "the same query again" from "the same SQL, other values"
     # without keeping the values themselves.
     try:
+        if type(params) is tuple:  # what the ORM passes
+            return hash(params)
         if isinstance(params, list):
             return hash(tuple(params))
         if isinstance(params, dict):
