@@ -16,6 +16,7 @@ __all__ = [
     "__version__",
     "current_record",
     "get_gateway",
+    "ratelimit",
     "record_request",
     "timer",
 ]
@@ -31,11 +32,18 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from django_perfkit.middleware import PerfkitMiddleware
+    from django_perfkit.ratelimit.decorators import ratelimit
     from django_perfkit.record import RequestRecord, current_record, record_request, timer
     from django_perfkit.redis import get_gateway
 
 
 def __getattr__(name: str) -> Any:
+    if name == "ratelimit":
+        # The django_perfkit.ratelimit package, which is callable as the
+        # decorator (see its _CallableModule).
+        import importlib
+
+        return importlib.import_module("django_perfkit.ratelimit")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'django_perfkit' has no attribute {name!r}")

@@ -17,6 +17,11 @@ E007      a count is not a whole number >= 0 (or >= 1)
 E008      ``REDIS_URL`` is not a redis://, rediss:// or unix:// URL
 E009      ``KEY_PREFIX`` is empty or contains spaces or braces
 E010      ``REDIS_CLUSTER`` is on but ``REDIS_URL`` is not set
+E011      ``RATELIMITS`` is not a list, or one of its rules is malformed
+E012      ``RATELIMIT_ALGORITHM`` or ``RATELIMIT_FAIL`` is not a known value
+E013      ``TRUSTED_PROXIES`` has an entry that is not an IP address or CIDR
+E014      ``RATELIMIT_IPV4_MASK`` / ``RATELIMIT_IPV6_MASK`` is out of range
+E015      ``RATELIMIT_VIEW`` cannot be imported or is not callable
 W001      ``PERFKIT`` has a key perfkit does not know (a typo?)
 W002      ``PerfkitMiddleware`` is not in ``MIDDLEWARE``
 W003      ``PerfkitMiddleware`` is not first in ``MIDDLEWARE``
@@ -34,14 +39,29 @@ from urllib.parse import urlsplit
 from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.utils.module_loading import import_string
 
-from django_perfkit.conf import DEFAULTS, SERVER_TIMING_MODES
+from django_perfkit.conf import (
+    DEFAULTS,
+    RATELIMIT_ALGORITHMS,
+    RATELIMIT_FAIL_MODES,
+    SERVER_TIMING_MODES,
+)
 from django_perfkit.redis.gateway import is_django_redis_backend
 
 MIDDLEWARE_PATH = "django_perfkit.middleware.PerfkitMiddleware"
 
 _TIMEOUTS = ("REDIS_CONNECT_TIMEOUT", "REDIS_TIMEOUT", "BREAKER_COOLDOWN")
-_SWITCHES = ("ENABLED", "REDIS_CLUSTER", "COLLECT_QUERIES", "CAPTURE_CALL_SITES", "HIDE_SQL_PARAMS")
+_SWITCHES = (
+    "ENABLED",
+    "REDIS_CLUSTER",
+    "COLLECT_QUERIES",
+    "CAPTURE_CALL_SITES",
+    "HIDE_SQL_PARAMS",
+    "RATELIMIT_ENABLE",
+    "RATELIMIT_HEADERS",
+    "RATELIMIT_LEGACY_HEADERS",
+)
 _COUNTS = {"MAX_QUERIES_RECORDED": 0, "BREAKER_FAILURES": 1}
 
 
@@ -119,6 +139,8 @@ def check_settings(
                     )
                 )
 
+    errors += _check_ratelimits(raw)
+
     prefix = raw.get("KEY_PREFIX", DEFAULTS["KEY_PREFIX"])
     if not isinstance(prefix, str) or not prefix or any(c in prefix for c in " {}\t\n"):
         errors.append(
@@ -195,6 +217,91 @@ def _check_redis(raw: dict[str, Any]) -> list[CheckMessage]:
                     'to its alias, or set PERFKIT["REDIS_CACHE_ALIAS"] = None to say that '
                     "this is intended.",
                     id="perfkit.W004",
+                )
+            )
+    return errors
+
+
+def _check_ratelimits(raw: dict[str, Any]) -> list[CheckMessage]:
+    import ipaddress
+
+    from django_perfkit.ratelimit.core import InvalidLimit
+    from django_perfkit.ratelimit.rules import build_rule
+
+    errors: list[CheckMessage] = []
+    rules = raw.get("RATELIMITS", [])
+    if not isinstance(rules, (list, tuple)):
+        errors.append(
+            Error(
+                f'PERFKIT["RATELIMITS"] must be a list of rules, not {type(rules).__name__}.',
+                hint='Write PERFKIT["RATELIMITS"] = [{"path": "/api/", "rate": "100/m"}].',
+                id="perfkit.E011",
+            )
+        )
+        rules = []
+    for index, spec in enumerate(rules):
+        try:
+            build_rule(spec)
+        except InvalidLimit as exc:
+            errors.append(
+                Error(
+                    f'PERFKIT["RATELIMITS"][{index}]: {exc}.',
+                    hint='A rule looks like {"path": "/api/", "rate": "100/m", '
+                    '"key": "user_or_ip", "method": "GET"}.',
+                    id="perfkit.E011",
+                )
+            )
+    for name, allowed in (
+        ("RATELIMIT_ALGORITHM", RATELIMIT_ALGORITHMS),
+        ("RATELIMIT_FAIL", RATELIMIT_FAIL_MODES),
+    ):
+        if name in raw and raw[name] not in allowed:
+            errors.append(
+                Error(
+                    f'PERFKIT["{name}"] is {raw[name]!r}, which perfkit does not know.',
+                    hint="Use one of: " + ", ".join(f'"{a}"' for a in allowed) + ".",
+                    id="perfkit.E012",
+                )
+            )
+    proxies = raw.get("TRUSTED_PROXIES", [])
+    if not isinstance(proxies, (list, tuple)):
+        proxies = [proxies]
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except (TypeError, ValueError):
+            errors.append(
+                Error(
+                    f'PERFKIT["TRUSTED_PROXIES"] has {proxy!r}, which is not an IP address '
+                    "or network.",
+                    hint='List your own proxies\' addresses, e.g. ["10.0.0.0/8", "::1"].',
+                    id="perfkit.E013",
+                )
+            )
+    for name, top in (("RATELIMIT_IPV4_MASK", 32), ("RATELIMIT_IPV6_MASK", 128)):
+        if name in raw:
+            value = raw[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= top:
+                errors.append(
+                    Error(
+                        f'PERFKIT["{name}"] must be a prefix length from 1 to {top}, '
+                        f"not {value!r}.",
+                        hint=f'Write for example PERFKIT["{name}"] = {DEFAULTS[name]}.',
+                        id="perfkit.E014",
+                    )
+                )
+    view = raw.get("RATELIMIT_VIEW")
+    if view is not None:
+        try:
+            ok = callable(import_string(view))
+        except (ImportError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            errors.append(
+                Error(
+                    f'PERFKIT["RATELIMIT_VIEW"] is {view!r}, which cannot be imported as a view.',
+                    hint="Give the dotted path of a function view(request, exception).",
+                    id="perfkit.E015",
                 )
             )
     return errors

@@ -43,7 +43,21 @@ DEFAULTS: Final[dict[str, Any]] = {
     "HIDE_SQL_PARAMS": True,
     # Reporters
     "SERVER_TIMING": "all",
+    # Rate limits
+    "RATELIMIT_ENABLE": True,
+    "RATELIMITS": [],
+    "RATELIMIT_ALGORITHM": "sliding",
+    "RATELIMIT_FAIL": "open",
+    "RATELIMIT_HEADERS": False,
+    "RATELIMIT_LEGACY_HEADERS": False,
+    "RATELIMIT_VIEW": None,
+    "TRUSTED_PROXIES": [],
+    "RATELIMIT_IPV4_MASK": 32,
+    "RATELIMIT_IPV6_MASK": 64,
 }
+
+RATELIMIT_ALGORITHMS: Final[tuple[str, ...]] = ("sliding", "gcra", "fixed")
+RATELIMIT_FAIL_MODES: Final[tuple[str, ...]] = ("open", "closed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +78,16 @@ class PerfkitSettings:
     capture_call_sites: bool
     hide_sql_params: bool
     server_timing: ServerTimingMode
+    ratelimit_enable: bool
+    ratelimits: tuple[Any, ...]
+    ratelimit_algorithm: str
+    ratelimit_fail: str
+    ratelimit_headers: bool
+    ratelimit_legacy_headers: bool
+    ratelimit_view: str | None
+    trusted_proxies: tuple[str, ...]
+    ratelimit_ipv4_mask: int
+    ratelimit_ipv6_mask: int
     #: True when the project set ``REDIS_CACHE_ALIAS`` itself (the checks are
     #: stricter about an explicit alias than about the default one).
     redis_alias_explicit: bool
@@ -81,6 +105,12 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     # the wrong type falls back to the default rather than raising mid-request.
     if default is None:
         return value if value is None or isinstance(value, str) else default
+    if isinstance(default, list):
+        return tuple(value) if isinstance(value, (list, tuple)) else ()
+    if name == "RATELIMIT_ALGORITHM":
+        return value if value in RATELIMIT_ALGORITHMS else default
+    if name == "RATELIMIT_FAIL":
+        return value if value in RATELIMIT_FAIL_MODES else default
     if isinstance(default, bool):
         return value if isinstance(value, bool) else default
     if isinstance(default, int):

@@ -14,8 +14,12 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest
+from django.utils.module_loading import import_string
 
 from django_perfkit.conf import get_settings
+from django_perfkit.ratelimit.decorators import Ratelimited
+from django_perfkit.ratelimit.responses import ratelimited_response
+from django_perfkit.ratelimit.rules import aenforce, enforce
 from django_perfkit.record import RequestRecord, _current
 from django_perfkit.reporters import REPORTERS
 
@@ -40,6 +44,11 @@ class PerfkitMiddleware:
             # Mark the instance so Django awaits it; the switch happens in
             # __call__ rather than by swapping dunder methods.
             markcoroutinefunction(self)
+            # Django calls process_view/process_exception in the handler's
+            # mode, wrapping a sync method in a thread when they differ: give
+            # it methods of the right kind so a rate-limit check never hops.
+            self.process_view = self._aprocess_view  # type: ignore[method-assign]
+            self.process_exception = self._aprocess_exception  # type: ignore[method-assign]
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
@@ -73,6 +82,27 @@ class PerfkitMiddleware:
         self._finish(record, request, response)
         return response
 
+    def process_view(
+        self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any
+    ) -> Any:
+        # Route rules (PERFKIT["RATELIMITS"]): after the other middleware, so
+        # request.user exists, and before the view, so a limited request costs
+        # no database work.
+        return enforce(request)
+
+    async def _aprocess_view(
+        self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any
+    ) -> Any:
+        return await aenforce(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> Any:
+        if not isinstance(exception, Ratelimited):
+            return None
+        return _ratelimited_view(request, exception)
+
+    async def _aprocess_exception(self, request: HttpRequest, exception: Exception) -> Any:
+        return self.process_exception(request, exception)
+
     @staticmethod
     def _finish(record: RequestRecord, request: HttpRequest, response: Any) -> None:
         record.finish(getattr(response, "status_code", None))
@@ -85,6 +115,15 @@ class PerfkitMiddleware:
             except Exception:
                 # A reporter's bug must cost the report, not the response.
                 logger.exception("perfkit: reporter %r failed", reporter)
+
+
+def _ratelimited_view(request: HttpRequest, exception: Any) -> Any:
+    """The response for a ``Ratelimited`` raised by ``@ratelimit``: PERFKIT["RATELIMIT_VIEW"]
+    (called as ``view(request, exception)``, like django-ratelimit's), or a 429."""
+    view_path = get_settings().ratelimit_view
+    if view_path:
+        return import_string(view_path)(request, exception)
+    return ratelimited_response(request, exception.usage)
 
 
 async def _aload_user(request: HttpRequest) -> None:

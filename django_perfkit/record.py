@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 __all__ = [
     "QueryRecord",
+    "RatelimitDecision",
     "QueryStats",
     "RequestRecord",
     "Section",
@@ -106,6 +107,19 @@ class QueryStats:
 
 
 @dataclass(slots=True)
+class RatelimitDecision:
+    """One rate-limit check: which limit, what it decided, what is left."""
+
+    group: str
+    limited: bool
+    limit: int
+    remaining: int
+    algorithm: str
+    #: True when Redis could not be asked and the limit's fail policy decided.
+    failed: bool
+
+
+@dataclass(slots=True)
 class Section:
     """A named, timed section: ``perfkit.timer("render")`` adds to one of these."""
 
@@ -128,6 +142,8 @@ class RequestRecord:
     route: str | None = None
     db: QueryStats = field(default_factory=QueryStats)
     sections: dict[str, Section] = field(default_factory=dict)
+    #: Every rate-limit check of the request, in order.
+    ratelimits: list[RatelimitDecision] = field(default_factory=list)
     #: Redis calls that failed or were skipped by the open circuit breaker.
     redis_failures: int = 0
     #: Set by perfkit when its own code failed (never by the app): reported, not raised.

@@ -84,3 +84,13 @@ LOGGING: dict[str, Any] = {
         "django_perfkit": {"handlers": ["console"], "level": "INFO"},
     },
 }
+
+# Rate limits of the demo's hot routes (testproject/news), read per request.
+# None lifts a limit (a load test sets NEWS_RATELIMITS = {}).
+NEWS_RATELIMITS: dict[str, str | None] = {
+    "login-user": "5/m",
+    "login-ip": "20/m",
+    "search": "30/m",
+    "api": "120/m",
+    "comment": "10/m",
+}

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import pytest_asyncio
 import redis
 from asgiref.sync import SyncToAsync
 from django.conf import settings
@@ -40,3 +41,19 @@ def _clean_perfkit_state() -> Iterator[None]:
     _delete_test_keys()
     yield
     reset()
+
+
+@pytest_asyncio.fixture
+async def _close_gateway_async_client() -> AsyncIterator[None]:
+    """redis.asyncio connections belong to the test's event loop: close them in it."""
+    yield
+    from django_perfkit.redis import gateway
+
+    if gateway._gateway is not None:
+        await gateway._gateway.aclose()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.function):
+            item.fixturenames.append("_close_gateway_async_client")

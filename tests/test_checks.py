@@ -148,3 +148,54 @@ def test_w003_middleware_not_first() -> None:
         (msg,) = check_middleware()
     assert msg.id == "perfkit.W003"
     assert "SecurityMiddleware" in msg.msg
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        "not-a-list",
+        [{"rate": "5/m"}],
+        [{"path": "/api/", "rate": "5/x"}],
+        [{"path": "/api/", "rate": "5/m", "key": "nope"}],
+        [{"path": "/api/", "rate": "5/m", "algorithm": "leaky"}],
+        [{"path": "/api/", "rate": "5/m", "bogus": 1}],
+        ["/api/"],
+    ],
+)
+def test_e011_bad_rules(rules: Any) -> None:
+    assert ids({"RATELIMITS": rules}) == ["perfkit.E011"]
+
+
+def test_e011_names_the_rule_and_the_fix() -> None:
+    with override_settings(
+        PERFKIT={"RATELIMITS": [{"path": "/a/", "rate": "1/m"}, {"path": "/b/", "rate": "x"}]}
+    ):
+        (msg,) = check_settings()
+    assert 'PERFKIT["RATELIMITS"][1]' in msg.msg and "malformed" in msg.msg
+
+
+def test_good_rules_pass() -> None:
+    rules = [{"path": "/api/", "rate": "100/m", "key": "user_or_ip", "method": "GET"}]
+    assert ids({"RATELIMITS": rules}) == []
+
+
+@pytest.mark.parametrize("key", ["RATELIMIT_ALGORITHM", "RATELIMIT_FAIL"])
+def test_e012_unknown_algorithm_or_fail(key: str) -> None:
+    assert ids({key: "sometimes"}) == ["perfkit.E012"]
+
+
+def test_e013_bad_trusted_proxy() -> None:
+    assert ids({"TRUSTED_PROXIES": ["10.0.0.0/8", "proxy.internal"]}) == ["perfkit.E013"]
+    assert ids({"TRUSTED_PROXIES": ["10.0.0.0/8", "::1", "192.168.1.1"]}) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("RATELIMIT_IPV4_MASK", 33), ("RATELIMIT_IPV6_MASK", 0)]
+)
+def test_e014_mask_out_of_range(key: str, value: int) -> None:
+    assert ids({key: value}) == ["perfkit.E014"]
+
+
+def test_e015_ratelimit_view_not_importable() -> None:
+    assert ids({"RATELIMIT_VIEW": "nowhere.view"}) == ["perfkit.E015"]
+    assert ids({"RATELIMIT_VIEW": "tests.test_ratelimit.ratelimited_view"}) == []

@@ -123,22 +123,34 @@ class RedisGateway:
             client = self._async_clients[loop] = _build_async_client(self.settings)
         return client
 
+    @staticmethod
+    def short_lived_loop() -> bool:
+        """Is the running event loop one that lives for a single call?
+
+        An async view served by WSGI runs through ``async_to_sync``, which
+        makes a new event loop in a worker thread for each request and closes
+        it afterwards. A ``redis.asyncio`` client cached for such a loop would
+        leave its sockets open and connect anew on every request. ASGI servers
+        (and test runners) run their one loop in the main thread.
+        """
+        return threading.current_thread() is not threading.main_thread()
+
     def close(self) -> None:
         """Drop the sync client's connections (the async ones close with :meth:`aclose`)."""
         client, self._client = self._client, None
         if client is not None:
             client.close()
+            pool = getattr(client, "connection_pool", None)  # a cluster client has none
+            if pool is not None:
+                # A pool passed in explicitly is not closed by the client.
+                pool.disconnect()
 
     async def aclose(self) -> None:
         """Close the async client of the running loop."""
         loop = asyncio.get_running_loop()
         client = self._async_clients.pop(loop, None)
         if client is not None:
-            await client.aclose()
-            pool = getattr(client, "connection_pool", None)  # a cluster client has none
-            if pool is not None:
-                # A pool passed in explicitly is not closed by the client.
-                await pool.disconnect()
+            await _aclose_client(client)
 
     # -- the failure policy ---------------------------------------------------
 
@@ -168,14 +180,19 @@ class RedisGateway:
         return result
 
     async def arun(self, operation: Callable[[Any], Awaitable[T]], default: T) -> T:
-        """The async form of :meth:`run`, on the loop's ``redis.asyncio`` client."""
+        """The async form of :meth:`run`, on the loop's ``redis.asyncio`` client.
+
+        On a short-lived loop (see :meth:`short_lived_loop`) the client is
+        opened for this call and closed after it.
+        """
         if not self.configured:
             return default
         if not self.breaker.allow():
             self._count_failure(None, skipped=True)
             return default
+        short_lived = self.short_lived_loop()
         try:
-            client = self.async_client()
+            client = _build_async_client(self.settings) if short_lived else self.async_client()
         except Exception as exc:
             self._on_setup_failure(exc)
             return default
@@ -187,6 +204,9 @@ class RedisGateway:
         except ResponseError as exc:
             self._on_bad_reply(exc)
             return default
+        finally:
+            if short_lived:
+                await _aclose_client(client)
         self.breaker.record_success()
         return result
 
@@ -199,7 +219,15 @@ class RedisGateway:
     async def arun_script(
         self, script: LuaScript, keys: Sequence[KeyT], args: Sequence[ArgT], default: T
     ) -> Any | T:
-        """The async form of :meth:`run_script`."""
+        """The async form of :meth:`run_script`.
+
+        On a short-lived loop (an async view under WSGI) the sync client runs the
+        script instead: the loop serves this one request, so blocking it for one
+        round trip costs nothing, and the sync client's pooled connection saves
+        a connect per call.
+        """
+        if self.short_lived_loop():
+            return self.run_script(script, keys, args, default)
         return await self.arun(lambda client: script.arun(client, keys, args), default)
 
     def ping(self) -> bool:
@@ -242,6 +270,14 @@ class RedisGateway:
         record = current_record()
         if record is not None:
             record.errors.append(f"redis: {exc}")
+
+
+async def _aclose_client(client: Any) -> None:
+    await client.aclose()
+    pool = getattr(client, "connection_pool", None)  # a cluster client has none
+    if pool is not None:
+        # A pool passed in explicitly is not closed by the client.
+        await pool.disconnect()
 
 
 # -- building clients -------------------------------------------------------------

@@ -3,6 +3,8 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from django_perfkit import ratelimit
+
 from . import views
 
 app_name = "news"
@@ -19,7 +21,13 @@ urlpatterns = [
     path("search/", views.search, name="search"),
     path(
         "login/",
-        auth_views.LoginView.as_view(template_name="news/login.html"),
+        # Two limits on POST, as a real login form needs: per username (guessing
+        # one account's password) and per client (trying many accounts).
+        ratelimit(key="post:username", rate=views.demo_rate("login-user"), method="POST")(
+            ratelimit(key="ip", rate=views.demo_rate("login-ip"), method="POST")(
+                auth_views.LoginView.as_view(template_name="news/login.html")
+            )
+        ),
         name="login",
     ),
     path("logout/", auth_views.LogoutView.as_view(next_page="news:home"), name="logout"),

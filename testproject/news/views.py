@@ -11,6 +11,7 @@ from __future__ import annotations
 from math import ceil
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import F, Prefetch
@@ -18,6 +19,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonRes
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST, require_safe
+
+from django_perfkit import ratelimit
 
 from .forms import CommentForm
 from .models import Article, ArticleQuerySet, Category
@@ -27,6 +30,16 @@ HOME_LATEST = 10
 HOME_PER_CATEGORY = 3
 SEARCH_LIMIT = 50
 SEARCH_MAX_QUERY_LENGTH = 100
+
+
+def demo_rate(name: str) -> Any:
+    """A rate read per request from ``settings.NEWS_RATELIMITS`` (None: no limit),
+    so a load test can lift the demo's limits without editing views."""
+
+    def rate(group: str, request: HttpRequest) -> str | None:
+        return getattr(settings, "NEWS_RATELIMITS", {}).get(name)  # type: ignore[no-any-return]
+
+    return rate
 
 
 # --- HTML pages -------------------------------------------------------------------------
@@ -106,6 +119,7 @@ def article_detail(request: HttpRequest, slug: str) -> HttpResponse:
     return _render_detail(request, article, CommentForm(initial=initial))
 
 
+@ratelimit(key="user_or_ip", rate=demo_rate("comment"), method="POST")
 @require_POST
 def article_comment(request: HttpRequest, slug: str) -> HttpResponse:
     """Create a comment (CSRF-protected POST), then POST/redirect/GET back to the article."""
@@ -120,6 +134,7 @@ def article_comment(request: HttpRequest, slug: str) -> HttpResponse:
     return HttpResponseRedirect(f"{article.get_absolute_url()}#comment-{comment.pk}", status=303)
 
 
+@ratelimit(key="user_or_ip", rate=demo_rate("search"))
 @require_safe
 def search(request: HttpRequest) -> HttpResponse:
     """Title search (``icontains``), at most ``SEARCH_LIMIT`` results, two queries."""
@@ -213,6 +228,7 @@ def _error(exc: _APIError) -> JsonResponse:
     return JsonResponse({"error": exc.message}, status=exc.status)
 
 
+@ratelimit(key="user_or_ip", rate=demo_rate("api"), group="news.api")
 @require_safe
 def api_articles(request: HttpRequest) -> JsonResponse:
     """JSON article list (``?page=``, ``?category=<slug>``): three queries per page."""
@@ -247,6 +263,7 @@ def api_articles_naive(request: HttpRequest) -> JsonResponse:
     return JsonResponse(_api_payload(request, count, page, num_pages, results))
 
 
+@ratelimit(key="user_or_ip", rate=demo_rate("api"), group="news.api")
 @require_safe
 async def api_articles_async(request: HttpRequest) -> JsonResponse:
     """``async def`` twin of :func:`api_articles`, using the async ORM; same JSON."""

@@ -1,0 +1,95 @@
+"""Who is the client? ``REMOTE_ADDR``, unless it is a proxy we trust.
+
+With ``PERFKIT["TRUSTED_PROXIES"]`` empty (the default) the client is
+``REMOTE_ADDR`` and ``X-Forwarded-For`` is ignored: anybody can write that
+header, so believing it lets any client pick its own identity and escape its
+limit. With a list of CIDRs, and only when the direct peer is in it, perfkit
+walks ``X-Forwarded-For`` from the right (the hops nearest to us, added by our
+own proxies) past every trusted hop; the first untrusted address is the
+client. The header is bounded (length and hop count) and garbage stops the
+walk, so a hostile header costs little and changes nothing.
+
+IPv6 clients are grouped by prefix (``RATELIMIT_IPV6_MASK``, /64 by default:
+one subscriber usually holds a whole /64, so per-address limits are trivially
+evaded); IPv4-mapped IPv6 addresses (``::ffff:1.2.3.4``) count as IPv4.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from typing import Any
+
+from django.http import HttpRequest
+
+from django_perfkit.conf import get_settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Longest X-Forwarded-For perfkit reads, and most hops it walks.
+MAX_XFF_LENGTH = 2048
+MAX_HOPS = 20
+
+
+@functools.cache
+def _trusted(proxies: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    networks = []
+    for proxy in proxies:
+        try:
+            networks.append(ipaddress.ip_network(proxy, strict=False))
+        except (TypeError, ValueError):
+            continue  # reported by system check perfkit.E013; never a 500
+    return tuple(networks)
+
+
+def _parse(value: str) -> IPAddress | None:
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _is_trusted(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
+    return any(address.version == n.version and address in n for n in networks)
+
+
+def client_address(request: HttpRequest) -> IPAddress | None:
+    """The client's address, or None when ``REMOTE_ADDR`` is missing or not an IP."""
+    settings = get_settings()
+    remote = _parse(request.META.get("REMOTE_ADDR") or "")
+    if remote is None or not settings.trusted_proxies:
+        return remote
+    networks = _trusted(settings.trusted_proxies)
+    if not _is_trusted(remote, networks):
+        return remote
+    header: Any = request.META.get("HTTP_X_FORWARDED_FOR") or ""
+    hops = str(header)[-MAX_XFF_LENGTH:].split(",")[-MAX_HOPS:]
+    client = remote
+    for hop in reversed(hops):
+        address = _parse(hop)
+        if address is None:
+            break  # garbage: trust nothing further left
+        client = address
+        if not _is_trusted(address, networks):
+            break
+    return client
+
+
+def client_ip(request: HttpRequest) -> str:
+    """The client's rate-limit identity: its address, IPv6 grouped by prefix."""
+    address = client_address(request)
+    if address is None:
+        return ""
+    settings = get_settings()
+    mask = (
+        settings.ratelimit_ipv6_mask
+        if isinstance(address, ipaddress.IPv6Address)
+        else settings.ratelimit_ipv4_mask
+    )
+    if mask >= address.max_prefixlen:
+        return str(address)
+    return str(ipaddress.ip_network(f"{address}/{mask}", strict=False))

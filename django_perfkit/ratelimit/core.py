@@ -1,0 +1,205 @@
+"""The check: a :class:`Limit` (validated once) evaluated against a request.
+
+A limit is built and validated when it is declared (decorator, route rule,
+function call); evaluating it on a request never raises for bad configuration.
+The check itself is one ``EVALSHA`` through the Redis gateway. When Redis is
+down, slow or black-holed the gateway gives up within its timeout (or at once,
+with the breaker open) and the limit's ``fail`` policy decides: ``"open"``
+lets the request through, ``"closed"`` limits it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from django.http import HttpRequest
+from django_ratelimit import ALL, UNSAFE
+
+from django_perfkit.conf import RATELIMIT_ALGORITHMS, RATELIMIT_FAIL_MODES, get_settings
+from django_perfkit.ratelimit.keys import InvalidKey, KeyFunc, resolve_key
+from django_perfkit.ratelimit.rates import InvalidRate, parse_rate
+from django_perfkit.ratelimit.scripts import SCRIPTS
+from django_perfkit.record import RatelimitDecision, current_record
+from django_perfkit.redis import get_gateway
+
+__all__ = ["ALL", "UNSAFE", "InvalidLimit", "Limit", "Usage"]
+
+
+class Usage(TypedDict):
+    """django-ratelimit's usage dict (``count``, ``limit``, ``should_limit``,
+    ``time_left``), plus what the headers need."""
+
+    count: int
+    limit: int
+    should_limit: bool
+    time_left: int  # seconds until the client may try again (0 when allowed)
+    remaining: int
+    reset: int  # seconds until the quota is fully back
+    period: int
+    group: str
+    algorithm: str
+    #: True when Redis could not be asked and the fail policy decided.
+    failed: bool
+
+
+class InvalidLimit(ValueError):
+    pass
+
+
+_FAILED = object()
+RateSpec = str | tuple[int, int] | Callable[[str, HttpRequest], Any] | None
+
+
+def _methods(method: Any) -> tuple[str, ...] | None:
+    if method is ALL or method is None:
+        return None
+    if isinstance(method, str):
+        return (method.upper(),)
+    if isinstance(method, (list, tuple)) and all(isinstance(m, str) for m in method):
+        return tuple(m.upper() for m in method)
+    raise InvalidLimit(f"method {method!r} must be a string, a list of strings, ALL or UNSAFE")
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    group: str
+    key: KeyFunc
+    rate: RateSpec
+    methods: tuple[str, ...] | None
+    algorithm: str | None  # None: PERFKIT["RATELIMIT_ALGORITHM"]
+    cost: int
+    fail: str | None  # None: PERFKIT["RATELIMIT_FAIL"]
+
+    @classmethod
+    def build(
+        cls,
+        group: str,
+        key: Any,
+        rate: Any,
+        method: Any = ALL,
+        algorithm: str | None = None,
+        cost: Any = 1,
+        fail: str | None = None,
+    ) -> Limit:
+        """Validate everything that can be validated now; raises :class:`InvalidLimit`."""
+        try:
+            key_func = resolve_key("user_or_ip" if key is None else key)
+        except InvalidKey as exc:
+            raise InvalidLimit(str(exc)) from exc
+        if rate is not None and not callable(rate):
+            try:
+                parse_rate(rate)
+            except InvalidRate as exc:
+                raise InvalidLimit(str(exc)) from exc
+        if algorithm is not None and algorithm not in RATELIMIT_ALGORITHMS:
+            raise InvalidLimit(
+                f"algorithm {algorithm!r} is unknown; use one of {', '.join(RATELIMIT_ALGORITHMS)}"
+            )
+        if fail is not None and fail not in RATELIMIT_FAIL_MODES:
+            raise InvalidLimit(f"fail {fail!r} is unknown; use 'open' or 'closed'")
+        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
+            raise InvalidLimit(f"cost {cost!r} must be a whole number >= 0")
+        return cls(group, key_func, rate, _methods(method), algorithm, cost, fail)
+
+    # -- evaluation ------------------------------------------------------------
+
+    def _prepare(
+        self, request: HttpRequest, increment: bool
+    ) -> tuple[Any, list[str], list[Any], int, int, str, str] | None:
+        """What to send to Redis, or None when this limit does not apply."""
+        settings = get_settings()
+        if not settings.ratelimit_enable:
+            return None
+        if self.methods is not None and request.method not in self.methods:
+            return None
+        rate = self.rate(self.group, request) if callable(self.rate) else self.rate
+        if rate is None:
+            return None
+        try:
+            count, period = parse_rate(rate)
+        except InvalidRate:
+            return None  # a rate callable returned garbage: no limit rather than a 500
+        value = self.key(self.group, request)
+        algorithm = self.algorithm or settings.ratelimit_algorithm
+        methods = ",".join(self.methods) if self.methods else "*"
+        digest = hashlib.sha256(
+            f"{self.group}\0{count}/{period}\0{methods}\0{algorithm}\0{value}".encode(
+                "utf-8", "replace"
+            )
+        ).hexdigest()[:32]
+        gateway = get_gateway()
+        keys = [gateway.key("rl", digest)]
+        args: list[Any] = [count, period, self.cost, 1 if increment else 0]
+        if algorithm == "fixed":
+            args.append(zlib.crc32(str(value).encode("utf-8", "replace")) % period)
+        return SCRIPTS[algorithm], keys, args, count, period, algorithm, value
+
+    def _usage(self, reply: Any, count: int, period: int, algorithm: str) -> Usage:
+        fail = self.fail or get_settings().ratelimit_fail
+        if reply is _FAILED or not isinstance(reply, Sequence) or len(reply) != 5:
+            closed = fail == "closed"
+            retry = max(1, int(get_gateway().breaker.cooldown)) if closed else 0
+            usage = Usage(
+                count=0, limit=count, should_limit=closed, time_left=retry,
+                remaining=0 if closed else count, reset=retry, period=period,
+                group=self.group, algorithm=algorithm, failed=True,
+            )  # fmt: skip
+        else:
+            allowed, used, remaining, retry_ms, reset_ms = (int(x) for x in reply)
+            usage = Usage(
+                count=used, limit=count, should_limit=not allowed,
+                time_left=-(-retry_ms // 1000), remaining=remaining,
+                reset=-(-reset_ms // 1000), period=period, group=self.group,
+                algorithm=algorithm, failed=False,
+            )  # fmt: skip
+        record = current_record()
+        if record is not None:
+            record.ratelimits.append(
+                RatelimitDecision(
+                    group=self.group,
+                    limited=usage["should_limit"],
+                    limit=usage["limit"],
+                    remaining=usage["remaining"],
+                    algorithm=algorithm,
+                    failed=usage["failed"],
+                )
+            )
+        return usage
+
+    def _zero(self, period: int, algorithm: str) -> Usage:
+        # "0/s" blocks everything, as in django-ratelimit; no need to ask Redis.
+        return self._usage([0, self.cost, 0, period * 1000, period * 1000], 0, period, algorithm)
+
+    def usage(self, request: HttpRequest, increment: bool = True) -> Usage | None:
+        """Check (and, with ``increment``, count) this request; None if no limit applies."""
+        prepared = self._prepare(request, increment)
+        if prepared is None:
+            return None
+        script, keys, args, count, period, algorithm, _ = prepared
+        if count == 0:
+            return self._zero(period, algorithm)
+        reply = get_gateway().run_script(script, keys, args, _FAILED)
+        return self._usage(reply, count, period, algorithm)
+
+    async def ausage(self, request: HttpRequest, increment: bool = True) -> Usage | None:
+        """:meth:`usage` on the gateway's ``redis.asyncio`` client (no thread hop)."""
+        prepared = self._prepare(request, increment)
+        if prepared is None:
+            return None
+        script, keys, args, count, period, algorithm, _ = prepared
+        if count == 0:
+            return self._zero(period, algorithm)
+        reply = await get_gateway().arun_script(script, keys, args, _FAILED)
+        return self._usage(reply, count, period, algorithm)
+
+    def reset(self, request: HttpRequest) -> bool:
+        """Forget this client's count for this limit. True if there was one."""
+        prepared = self._prepare(request, increment=False)
+        if prepared is None:
+            return False
+        keys = prepared[1]
+        return bool(get_gateway().run(lambda client: client.delete(*keys), 0))
