@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import query_collector  # noqa: E402
+from bench import ratelimit as ratelimit_bench  # noqa: E402
 
 
 def _cmd(args: list[str]) -> str:
@@ -106,12 +107,28 @@ def main() -> None:
         "walk through Django's frames: compare `collect` with `collect, no call sites`.",
         "",
     ]
+    print("bench: rate limiting (private Redis, competitors in .bench/venvs)...", flush=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ratelimit.py"), "--json"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    text = ratelimit_bench.table(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(text, flush=True)
+    sections += [
+        "## Rate limiting: cost, accuracy, outages",
+        "",
+        ratelimit_bench.__doc__.split("\n\n", 1)[1].strip(),  # type: ignore[union-attr]
+        "",
+        text,
+        "",
+    ]
     sections += [
         "## Reproduce",
         "",
         "```",
         "make bench                      # everything, rewrites this page",
         "python bench/query_collector.py --db postgresql --rounds 15   # one table",
+        "python bench/ratelimit.py                                     # another",
         "```",
         "",
     ]

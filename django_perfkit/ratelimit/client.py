@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from typing import Any
 
 from django.http import HttpRequest
 
@@ -60,14 +59,19 @@ def _is_trusted(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
 def client_address(request: HttpRequest) -> IPAddress | None:
     """The client's address, or None when ``REMOTE_ADDR`` is missing or not an IP."""
     settings = get_settings()
-    remote = _parse(request.META.get("REMOTE_ADDR") or "")
-    if remote is None or not settings.trusted_proxies:
+    remote = request.META.get("REMOTE_ADDR") or ""
+    header = (request.META.get("HTTP_X_FORWARDED_FOR") or "") if settings.trusted_proxies else ""
+    return _address(str(remote), str(header), settings.trusted_proxies)
+
+
+def _address(remote_addr: str, header: str, proxies: tuple[str, ...]) -> IPAddress | None:
+    remote = _parse(remote_addr)
+    if remote is None or not proxies:
         return remote
-    networks = _trusted(settings.trusted_proxies)
+    networks = _trusted(proxies)
     if not _is_trusted(remote, networks):
         return remote
-    header: Any = request.META.get("HTTP_X_FORWARDED_FOR") or ""
-    hops = str(header)[-MAX_XFF_LENGTH:].split(",")[-MAX_HOPS:]
+    hops = header[-MAX_XFF_LENGTH:].split(",")[-MAX_HOPS:]
     client = remote
     for hop in reversed(hops):
         address = _parse(hop)
@@ -81,15 +85,28 @@ def client_address(request: HttpRequest) -> IPAddress | None:
 
 def client_ip(request: HttpRequest) -> str:
     """The client's rate-limit identity: its address, IPv6 grouped by prefix."""
-    address = client_address(request)
+    settings = get_settings()
+    remote = request.META.get("REMOTE_ADDR") or ""
+    header = (request.META.get("HTTP_X_FORWARDED_FOR") or "") if settings.trusted_proxies else ""
+    return _identity(
+        str(remote)[:64],
+        str(header)[-MAX_XFF_LENGTH:],
+        settings.trusted_proxies,
+        settings.ratelimit_ipv4_mask,
+        settings.ratelimit_ipv6_mask,
+    )
+
+
+# Parsing addresses with ipaddress costs microseconds; the same clients come
+# back again and again, so the answer is cached per (address, header, settings).
+@functools.lru_cache(maxsize=4096)  # at most ~8 MiB even with 2 KiB headers
+def _identity(
+    remote: str, header: str, proxies: tuple[str, ...], v4_mask: int, v6_mask: int
+) -> str:
+    address = _address(remote, header, proxies)
     if address is None:
         return ""
-    settings = get_settings()
-    mask = (
-        settings.ratelimit_ipv6_mask
-        if isinstance(address, ipaddress.IPv6Address)
-        else settings.ratelimit_ipv4_mask
-    )
+    mask = v6_mask if isinstance(address, ipaddress.IPv6Address) else v4_mask
     if mask >= address.max_prefixlen:
         return str(address)
     return str(ipaddress.ip_network(f"{address}/{mask}", strict=False))

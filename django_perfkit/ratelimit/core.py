@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -73,6 +73,8 @@ class Limit:
     algorithm: str | None  # None: PERFKIT["RATELIMIT_ALGORITHM"]
     cost: int
     fail: str | None  # None: PERFKIT["RATELIMIT_FAIL"]
+    #: ``(count, seconds)`` parsed once, when the rate is not a callable.
+    parsed: tuple[int, int] | None = None
 
     @classmethod
     def build(
@@ -90,9 +92,10 @@ class Limit:
             key_func = resolve_key("user_or_ip" if key is None else key)
         except InvalidKey as exc:
             raise InvalidLimit(str(exc)) from exc
+        parsed = None
         if rate is not None and not callable(rate):
             try:
-                parse_rate(rate)
+                parsed = parse_rate(rate)
             except InvalidRate as exc:
                 raise InvalidLimit(str(exc)) from exc
         if algorithm is not None and algorithm not in RATELIMIT_ALGORITHMS:
@@ -103,7 +106,7 @@ class Limit:
             raise InvalidLimit(f"fail {fail!r} is unknown; use 'open' or 'closed'")
         if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
             raise InvalidLimit(f"cost {cost!r} must be a whole number >= 0")
-        return cls(group, key_func, rate, _methods(method), algorithm, cost, fail)
+        return cls(group, key_func, rate, _methods(method), algorithm, cost, fail, parsed)
 
     # -- evaluation ------------------------------------------------------------
 
@@ -116,13 +119,16 @@ class Limit:
             return None
         if self.methods is not None and request.method not in self.methods:
             return None
-        rate = self.rate(self.group, request) if callable(self.rate) else self.rate
-        if rate is None:
-            return None
-        try:
-            count, period = parse_rate(rate)
-        except InvalidRate:
-            return None  # a rate callable returned garbage: no limit rather than a 500
+        if self.parsed is not None:
+            count, period = self.parsed
+        else:
+            rate = self.rate(self.group, request) if callable(self.rate) else self.rate
+            if rate is None:
+                return None
+            try:
+                count, period = parse_rate(rate)
+            except InvalidRate:
+                return None  # a rate callable returned garbage: no limit rather than a 500
         value = self.key(self.group, request)
         algorithm = self.algorithm or settings.ratelimit_algorithm
         methods = ",".join(self.methods) if self.methods else "*"
@@ -133,14 +139,16 @@ class Limit:
         ).hexdigest()[:32]
         gateway = get_gateway()
         keys = [gateway.key("rl", digest)]
-        args: list[Any] = [count, period, self.cost, 1 if increment else 0]
+        packed = f"{count} {period} {self.cost} {1 if increment else 0}"
         if algorithm == "fixed":
-            args.append(zlib.crc32(str(value).encode("utf-8", "replace")) % period)
+            packed += f" {zlib.crc32(str(value).encode('utf-8', 'replace')) % period}"
+        args: list[Any] = [packed]
         return SCRIPTS[algorithm], keys, args, count, period, algorithm, value
 
     def _usage(self, reply: Any, count: int, period: int, algorithm: str) -> Usage:
         fail = self.fail or get_settings().ratelimit_fail
-        if reply is _FAILED or not isinstance(reply, Sequence) or len(reply) != 5:
+        fields = reply.split() if isinstance(reply, bytes) else ()
+        if len(fields) != 5:
             closed = fail == "closed"
             retry = max(1, int(get_gateway().breaker.cooldown)) if closed else 0
             usage = Usage(
@@ -149,7 +157,7 @@ class Limit:
                 group=self.group, algorithm=algorithm, failed=True,
             )  # fmt: skip
         else:
-            allowed, used, remaining, retry_ms, reset_ms = (int(x) for x in reply)
+            allowed, used, remaining, retry_ms, reset_ms = (int(x) for x in fields)
             usage = Usage(
                 count=used, limit=count, should_limit=not allowed,
                 time_left=-(-retry_ms // 1000), remaining=remaining,
@@ -172,7 +180,8 @@ class Limit:
 
     def _zero(self, period: int, algorithm: str) -> Usage:
         # "0/s" blocks everything, as in django-ratelimit; no need to ask Redis.
-        return self._usage([0, self.cost, 0, period * 1000, period * 1000], 0, period, algorithm)
+        reply = f"0 {self.cost} 0 {period * 1000} {period * 1000}".encode()
+        return self._usage(reply, 0, period, algorithm)
 
     def usage(self, request: HttpRequest, increment: bool = True) -> Usage | None:
         """Check (and, with ``increment``, count) this request; None if no limit applies."""
