@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
@@ -22,6 +22,7 @@ from django_perfkit.ratelimit.responses import ratelimited_response
 from django_perfkit.ratelimit.rules import aenforce, enforce
 from django_perfkit.record import RequestRecord, _current
 from django_perfkit.reporters import REPORTERS
+from django_perfkit.users import aload_user
 
 logger = logging.getLogger("django_perfkit")
 
@@ -78,7 +79,7 @@ class PerfkitMiddleware:
         if settings.server_timing in _NEEDS_USER:
             # request.user is lazy and loading it queries the database, which
             # must not happen on the event loop.
-            await _aload_user(request)
+            await aload_user(request)
         self._finish(record, request, response)
         return response
 
@@ -124,13 +125,3 @@ def _ratelimited_view(request: HttpRequest, exception: Any) -> Any:
     if view_path:
         return import_string(view_path)(request, exception)
     return ratelimited_response(request, exception.usage)
-
-
-async def _aload_user(request: HttpRequest) -> None:
-    auser = getattr(request, "auser", None)
-    if auser is not None:  # Django >= 5.0
-        user = await auser()
-        # Later reads of request.user then need no query.
-        request.user = user
-    elif hasattr(request, "user"):
-        await sync_to_async(lambda: getattr(request.user, "is_staff", False))()

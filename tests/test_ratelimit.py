@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import django
 import pytest
 import redis
 from django.conf import settings
@@ -561,3 +562,23 @@ def test_demo_routes_are_limited(client: Any) -> None:
 @override_settings(NEWS_RATELIMITS={})
 def test_demo_limits_can_be_lifted(client: Any) -> None:
     assert all(client.get("/search/?q=a").status_code == 200 for _ in range(40))
+
+
+@pytest.mark.skipif(django.VERSION < (5, 0), reason="AsyncClient.aforce_login is Django 5.0+")
+@pytest.mark.django_db(transaction=True)
+@override_settings(
+    PERFKIT={
+        "KEY_PREFIX": "perfkit-test",
+        "RATELIMITS": [{"path": "/api/articles/async/", "rate": "1/m", "key": "user"}],
+    }
+)
+async def test_user_key_under_asgi_loads_the_user_off_the_loop(async_client: Any) -> None:
+    # request.user is lazy; reading it on the event loop would raise
+    # SynchronousOnlyOperation. Each user has their own budget.
+    alice = await User.objects.acreate(username="alice-async")
+    bob = await User.objects.acreate(username="bob-async")
+    await async_client.aforce_login(alice)
+    assert (await async_client.get("/api/articles/async/")).status_code == 200
+    assert (await async_client.get("/api/articles/async/")).status_code == 429
+    await async_client.aforce_login(bob)
+    assert (await async_client.get("/api/articles/async/")).status_code == 200

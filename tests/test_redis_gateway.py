@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -277,3 +278,15 @@ async def test_redis_cluster_async(cluster: PrivateCluster) -> None:
         assert await gw.arun_script(MOVE_COUNT, keys, [], None) == 1
         assert await gw.arun(lambda c: c.get(keys[1]), None) == b"1"
         await gw.aclose()
+
+
+async def test_replacing_the_gateway_closes_its_async_client_on_its_loop() -> None:
+    gw = get_gateway()
+    assert await gw.arun(lambda c: c.ping(), False) is True
+    client = gw.async_client()
+    assert client.connection_pool._available_connections  # one open connection
+    with override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test-2"}):
+        assert get_gateway() is not gw  # the old one was closed...
+    for _ in range(5):  # ...and its async client closes on this loop
+        await asyncio.sleep(0)
+    assert all(not c.is_connected for c in client.connection_pool._available_connections)

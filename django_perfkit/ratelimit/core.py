@@ -10,6 +10,7 @@ lets the request through, ``"closed"`` limits it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import zlib
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from django_perfkit.ratelimit.rates import InvalidRate, parse_rate
 from django_perfkit.ratelimit.scripts import SCRIPTS
 from django_perfkit.record import RatelimitDecision, current_record
 from django_perfkit.redis import get_gateway
+from django_perfkit.users import aload_user
 
 __all__ = ["ALL", "UNSAFE", "InvalidLimit", "Limit", "Usage"]
 
@@ -64,6 +66,25 @@ def _methods(method: Any) -> tuple[str, ...] | None:
     raise InvalidLimit(f"method {method!r} must be a string, a list of strings, ALL or UNSAFE")
 
 
+@functools.lru_cache(maxsize=8192)
+def _digest(
+    group: str, count: int, period: int, methods: tuple[str, ...] | None, algorithm: str,
+    value: str,
+) -> str:  # fmt: skip
+    """The key's tag: one per (limit, client), cached since clients come back.
+
+    A digest keeps keys short whatever the group or key value, and puts the
+    rate in the key (as django-ratelimit does): changing a rate starts afresh.
+    """
+    methods_text = ",".join(methods) if methods else "*"
+    digest = hashlib.sha256(
+        f"{group}\0{count}/{period}\0{methods_text}\0{algorithm}\0{value}".encode(
+            "utf-8", "replace"
+        )
+    ).hexdigest()[:32]
+    return digest
+
+
 @dataclass(frozen=True, slots=True)
 class Limit:
     group: str
@@ -75,6 +96,8 @@ class Limit:
     fail: str | None  # None: PERFKIT["RATELIMIT_FAIL"]
     #: ``(count, seconds)`` parsed once, when the rate is not a callable.
     parsed: tuple[int, int] | None = None
+    #: The key may read ``request.user``, which async code must load first.
+    needs_user: bool = True
 
     @classmethod
     def build(
@@ -106,7 +129,13 @@ class Limit:
             raise InvalidLimit(f"fail {fail!r} is unknown; use 'open' or 'closed'")
         if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
             raise InvalidLimit(f"cost {cost!r} must be a whole number >= 0")
-        return cls(group, key_func, rate, _methods(method), algorithm, cost, fail, parsed)
+        reads_request_only = isinstance(key, str) and (
+            key == "ip" or key.partition(":")[0] in ("header", "get", "post")
+        )
+        return cls(
+            group, key_func, rate, _methods(method), algorithm, cost, fail, parsed,
+            needs_user=not reads_request_only,
+        )  # fmt: skip
 
     # -- evaluation ------------------------------------------------------------
 
@@ -131,13 +160,8 @@ class Limit:
                 return None  # a rate callable returned garbage: no limit rather than a 500
         value = self.key(self.group, request)
         algorithm = self.algorithm or settings.ratelimit_algorithm
-        methods = ",".join(self.methods) if self.methods else "*"
-        digest = hashlib.sha256(
-            f"{self.group}\0{count}/{period}\0{methods}\0{algorithm}\0{value}".encode(
-                "utf-8", "replace"
-            )
-        ).hexdigest()[:32]
         gateway = get_gateway()
+        digest = _digest(self.group, count, period, self.methods, algorithm, value)
         keys = [gateway.key("rl", digest)]
         packed = f"{count} {period} {self.cost} {1 if increment else 0}"
         if algorithm == "fixed":
@@ -196,6 +220,8 @@ class Limit:
 
     async def ausage(self, request: HttpRequest, increment: bool = True) -> Usage | None:
         """:meth:`usage` on the gateway's ``redis.asyncio`` client (no thread hop)."""
+        if self.needs_user and get_settings().ratelimit_enable:
+            await aload_user(request)
         prepared = self._prepare(request, increment)
         if prepared is None:
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -21,10 +22,28 @@ def _limit(
         raise ImproperlyConfigured("get_usage() needs a group or a fn, as in django-ratelimit")
     if group is None:
         group = f"{fn.__module__}.{fn.__qualname__}"
+    if isinstance(method, list):
+        method = tuple(method)
+    try:
+        return _cached_limit(group, key, rate, method, algorithm, cost, fail)
+    except TypeError:  # an unhashable argument: build it every time
+        return _build(group, key, rate, method, algorithm, cost, fail)
+
+
+def _build(
+    group: str, key: Any, rate: Any, method: Any, algorithm: str | None, cost: int,
+    fail: str | None,
+) -> Limit:  # fmt: skip
     try:
         return Limit.build(group, key, rate, method, algorithm, cost, fail)
     except InvalidLimit as exc:
         raise ImproperlyConfigured(f"rate limit {group}: {exc}") from exc
+
+
+# The functions are called per request with the same arguments: validating and
+# resolving them (key lookup, rate parsing) once per distinct call saves
+# microseconds on every check.
+_cached_limit = functools.lru_cache(maxsize=1024)(_build)
 
 
 def get_usage(

@@ -136,7 +136,12 @@ class RedisGateway:
         return threading.current_thread() is not threading.main_thread()
 
     def close(self) -> None:
-        """Drop the sync client's connections (the async ones close with :meth:`aclose`)."""
+        """Close the sync client's connections, and schedule the async clients' closing.
+
+        Called when the settings change and the gateway is replaced. An async
+        client can only be closed on its own loop: it is closed there if that
+        loop is still running, and dropped if the loop is gone.
+        """
         client, self._client = self._client, None
         if client is not None:
             client.close()
@@ -144,6 +149,12 @@ class RedisGateway:
             if pool is not None:
                 # A pool passed in explicitly is not closed by the client.
                 pool.disconnect()
+        clients = list(self._async_clients.items())
+        self._async_clients.clear()
+        for loop, async_client in clients:
+            if loop.is_closed() or not loop.is_running():
+                continue
+            loop.call_soon_threadsafe(_schedule_close, loop, async_client)
 
     async def aclose(self) -> None:
         """Close the async client of the running loop."""
@@ -270,6 +281,15 @@ class RedisGateway:
         record = current_record()
         if record is not None:
             record.errors.append(f"redis: {exc}")
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _schedule_close(loop: asyncio.AbstractEventLoop, client: Any) -> None:
+    task = loop.create_task(_aclose_client(client))
+    _closing.add(task)  # keep a reference until it is done
+    task.add_done_callback(_closing.discard)
 
 
 async def _aclose_client(client: Any) -> None:
