@@ -265,7 +265,16 @@ def _check_ratelimits(raw: dict[str, Any]) -> list[CheckMessage]:
             )
     proxies = raw.get("TRUSTED_PROXIES", [])
     if not isinstance(proxies, (list, tuple)):
-        proxies = [proxies]
+        errors.append(
+            Error(
+                f'PERFKIT["TRUSTED_PROXIES"] must be a list, not {type(proxies).__name__}: '
+                "a single string would be ignored and every client would share your "
+                "proxy's identity.",
+                hint=f'Write PERFKIT["TRUSTED_PROXIES"] = [{proxies!r}].',
+                id="perfkit.E013",
+            )
+        )
+        proxies = []
     for proxy in proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)

@@ -45,11 +45,11 @@ class PerfkitMiddleware:
             # Mark the instance so Django awaits it; the switch happens in
             # __call__ rather than by swapping dunder methods.
             markcoroutinefunction(self)
-            # Django calls process_view/process_exception in the handler's
-            # mode, wrapping a sync method in a thread when they differ: give
-            # it methods of the right kind so a rate-limit check never hops.
+            # Django calls process_view in the handler's mode, wrapping a sync
+            # method in a thread when they differ: give it a coroutine so a
+            # rate-limit check never hops. (process_exception is always called
+            # synchronously by Django, so it stays a plain method.)
             self.process_view = self._aprocess_view  # type: ignore[method-assign]
-            self.process_exception = self._aprocess_exception  # type: ignore[method-assign]
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
@@ -101,9 +101,6 @@ class PerfkitMiddleware:
             return None
         return _ratelimited_view(request, exception)
 
-    async def _aprocess_exception(self, request: HttpRequest, exception: Exception) -> Any:
-        return self.process_exception(request, exception)
-
     @staticmethod
     def _finish(record: RequestRecord, request: HttpRequest, response: Any) -> None:
         record.finish(getattr(response, "status_code", None))
@@ -124,4 +121,6 @@ def _ratelimited_view(request: HttpRequest, exception: Any) -> Any:
     view_path = get_settings().ratelimit_view
     if view_path:
         return import_string(view_path)(request, exception)
-    return ratelimited_response(request, exception.usage)
+    usage = getattr(exception, "usage", None)
+    # Ratelimited("a message") carries no usage dict: a plain 429 then.
+    return ratelimited_response(request, usage if isinstance(usage, dict) else None)  # type: ignore[arg-type]

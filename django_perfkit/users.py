@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest
+from django.utils.functional import SimpleLazyObject, empty
 
 
 async def aload_user(request: HttpRequest) -> None:
-    """Resolve ``request.user`` without blocking the loop (no-op without auth middleware)."""
-    auser = getattr(request, "auser", None)
-    if auser is not None:  # Django >= 5.0
-        # Later reads of request.user then need no query.
-        request.user = await auser()
-    elif hasattr(request, "user"):
-        await sync_to_async(lambda: getattr(request.user, "is_staff", False))()
+    """Evaluate a still-lazy ``request.user`` in a thread; otherwise do nothing.
+
+    ``request.user`` is never replaced: another middleware (token or JWT
+    authentication) may have set it to something other than the session's user.
+    """
+    user = getattr(request, "user", None)
+    if isinstance(user, SimpleLazyObject) and user._wrapped is empty:
+        # Evaluating the lazy object loads the session and the user: in a
+        # thread, then later reads on the loop find it already loaded.
+        await sync_to_async(lambda: user.is_authenticated)()

@@ -199,3 +199,9 @@ def test_e014_mask_out_of_range(key: str, value: int) -> None:
 def test_e015_ratelimit_view_not_importable() -> None:
     assert ids({"RATELIMIT_VIEW": "nowhere.view"}) == ["perfkit.E015"]
     assert ids({"RATELIMIT_VIEW": "tests.test_ratelimit.ratelimited_view"}) == []
+
+
+def test_e013_trusted_proxies_as_a_string() -> None:
+    with override_settings(PERFKIT={"TRUSTED_PROXIES": "10.0.0.0/8"}):
+        (msg,) = check_settings()
+    assert msg.id == "perfkit.E013" and "must be a list" in msg.msg

@@ -281,7 +281,10 @@ def test_keys_user_header_get_post() -> None:
     p = post(data={"username": "alice"})
     assert get_usage(p, group="p", key="post:username", rate="5/m", increment=True)["count"] == 1
     d = get()
-    assert get_usage(d, group="d", key="tests.test_ratelimit.fixed_key", rate="5/m")["count"] == 1
+    usage = get_usage(
+        d, group="d", key="tests.test_ratelimit.fixed_key", rate="5/m", increment=True
+    )
+    assert usage["count"] == 1
 
 
 def fixed_key(group: str, request: HttpRequest) -> str:
@@ -291,10 +294,13 @@ def fixed_key(group: str, request: HttpRequest) -> str:
 def test_usage_functions_peek_reset() -> None:
     request = get()
     args = {"group": "api", "key": "ip", "rate": "2/m"}
-    assert peek(request, **args)["count"] == 1
+    assert peek(request, **args)["count"] == 0  # nothing counted yet
     assert is_ratelimited(request, increment=True, **args) is False
     assert is_ratelimited(request, increment=True, **args) is False
     usage = peek(request, **args)
+    # Two counted; the sliding window does not count rejected requests, so a
+    # peek says whether the next request would pass.
+    assert usage["count"] == 2
     assert usage["should_limit"] is True and usage["remaining"] == 0
     assert usage["time_left"] >= 1
     assert is_ratelimited(request, increment=True, **args) is True
@@ -582,3 +588,180 @@ async def test_user_key_under_asgi_loads_the_user_off_the_loop(async_client: Any
     assert (await async_client.get("/api/articles/async/")).status_code == 429
     await async_client.aforce_login(bob)
     assert (await async_client.get("/api/articles/async/")).status_code == 200
+
+
+def test_fixed_window_peek_has_django_ratelimit_semantics() -> None:
+    # django-ratelimit: after 5 of 5/m, increment=False reports count=5 and not
+    # limited; the 6th counted request is limited; time_left is the window's rest.
+    request = get()
+    args = {"group": "compat", "key": "ip", "rate": "5/m", "algorithm": "fixed"}
+    for _ in range(5):
+        assert not is_ratelimited(request, increment=True, **args)
+    usage = get_usage(request, **args)
+    assert (usage["count"], usage["should_limit"]) == (5, False)
+    assert 0 < usage["time_left"] <= 60
+    assert is_ratelimited(request, increment=True, **args)
+
+
+def test_django_ratelimit_spellings_and_settings() -> None:
+    view = ratelimit(key="ip", rate="1/min")(ok)  # django-ratelimit and DRF accept words
+    assert served(view, get()).status_code == 200
+    assert served(view, get()).status_code == 429
+    dotted = ratelimit(key="ip", rate="tests.test_ratelimit.one_per_minute")(ok)
+    assert [served(dotted, get(ip="10.9.9.9")).status_code for _ in range(2)] == [200, 429]
+    with override_settings(RATELIMIT_ENABLE=False):  # django-ratelimit's own switch
+        assert served(view, get()).status_code == 200
+    assert ratelimit.ALL is not None and django_perfkit.ratelimit.UNSAFE is not None
+
+
+def one_per_minute(group: str, request: HttpRequest) -> str:
+    return "1/m"
+
+
+def test_key_types_do_not_share_a_bucket() -> None:
+    # A username that looks like an IP address must not use up that IP's budget.
+    by_ip = ratelimit(key="ip", rate="2/m", group="login")(ok)
+    by_name = ratelimit(key="post:username", rate="2/m", group="login")(ok)
+    for _ in range(3):
+        served(by_name, post(ip="198.51.100.1", data={"username": "10.0.0.1"}))
+    assert served(by_ip, post(ip="10.0.0.1")).status_code == 200
+
+
+def test_cost_above_the_limit_is_refused_at_declaration() -> None:
+    with pytest.raises(ImproperlyConfigured, match="more than the whole limit"):
+        ratelimit(key="ip", rate="5/m", cost=6)(ok)
+
+
+def test_plain_ratelimited_exception_still_gets_a_429() -> None:
+    def view(request: HttpRequest) -> HttpResponse:
+        raise Ratelimited("legacy message")
+
+    response = served(view, get())
+    assert response.status_code == 429 and "Retry-After" in response
+
+
+@pytest.mark.parametrize("reply_as_str", [True])
+def test_decode_responses_clients_still_limit(reply_as_str: bool) -> None:
+    url = settings.REDIS_URL + "?decode_responses=True"
+    view = ratelimit(key="ip", rate="1/m")(ok)
+    with override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test", "REDIS_URL": url}):
+        assert [served(view, get(ip="10.7.7.7")).status_code for _ in range(2)] == [200, 429]
+
+
+def test_protocol_garbage_from_redis_fails_open_not_500() -> None:
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        for _ in range(8):
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(1024)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            conn.close()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    view = ratelimit(key="ip", rate="1/m")(ok)
+    try:
+        with override_settings(
+            PERFKIT={"KEY_PREFIX": "perfkit-test", "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+        ):
+            assert served(view, get()).status_code == 200
+    finally:
+        server.close()
+
+
+# -- fixes found in review ---------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_blocked_decorated_views_get_429_under_asgi(async_client: Any) -> None:
+    # process_exception is always called synchronously by Django: a coroutine
+    # there turned every blocked request into a 500 under ASGI.
+    with override_settings(NEWS_RATELIMITS={"search": "1/m"}):
+        first = await async_client.get("/search/?q=a")
+        second = await async_client.get("/search/?q=a")
+    assert (first.status_code, second.status_code) == (200, 429)
+    assert "Retry-After" in second
+
+
+def test_user_set_by_another_middleware_is_kept() -> None:
+    import asyncio
+
+    from django_perfkit.users import aload_user
+
+    request = get()
+    token_user = User(pk=7, username="token-user")
+    request.user = token_user  # e.g. set by a JWT middleware
+    asyncio.run(aload_user(request))
+    assert request.user is token_user
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_async_view_with_a_rate_callable_reading_the_user() -> None:
+    from asgiref.sync import sync_to_async
+    from django.utils.functional import SimpleLazyObject
+
+    def rate(group: str, request: HttpRequest) -> str:
+        return "100/m" if request.user.is_authenticated else "1/m"
+
+    @ratelimit(key="ip", rate=rate)
+    async def view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse()
+
+    request = get()
+    # A lazy user, as AuthenticationMiddleware leaves it: reading it on the loop
+    # would raise SynchronousOnlyOperation.
+    request.user = SimpleLazyObject(lambda: User.objects.first() or AnonymousUser())
+    await view(request)
+    second = get()
+    second.user = SimpleLazyObject(lambda: User.objects.first() or AnonymousUser())
+    with pytest.raises(Ratelimited):
+        await view(second)
+    await sync_to_async(lambda: None)()
+
+
+@override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test", "TRUSTED_PROXIES": ["10.0.0.0/8"]})
+def test_forwarded_for_hops_with_ports() -> None:
+    request = get(ip="10.0.0.5", HTTP_X_FORWARDED_FOR="198.51.100.4:5555, [2001:db8::7]:443")
+    assert client_ip(request) == "2001:db8::/64"
+    request = get(ip="10.0.0.5", HTTP_X_FORWARDED_FOR="198.51.100.4:5555")
+    assert client_ip(request) == "198.51.100.4"
+
+
+def test_unix_socket_peer_behind_a_trusted_proxy() -> None:
+    request = get(ip="", HTTP_X_FORWARDED_FOR="198.51.100.8")
+    assert client_ip(request) == ""  # no proxies configured: nothing to go on
+    with override_settings(
+        PERFKIT={"KEY_PREFIX": "perfkit-test", "TRUSTED_PROXIES": ["127.0.0.1"]}
+    ):
+        assert client_ip(request) == "198.51.100.8"
+
+
+def test_drf_throttle_reads_drf_rates_and_builds_once() -> None:
+    pytest.importorskip("rest_framework")
+    from rest_framework.request import Request
+    from rest_framework.settings import api_settings
+
+    from django_perfkit.ratelimit import PerfkitThrottle
+
+    class Burst(PerfkitThrottle):
+        scope = "burst"
+        key = "ip"
+
+    rest = {"DEFAULT_THROTTLE_RATES": {"burst": "2/day"}}  # DRF's own spelling
+    with override_settings(REST_FRAMEWORK=rest):
+        api_settings.reload()
+        try:
+            allowed = [Burst().allow_request(Request(get(ip="10.3.3.3")), None) for _ in range(3)]
+            assert allowed == [True, True, False]
+            assert len([k for k in PerfkitThrottle._limits if k[0] is Burst]) == 1
+        finally:
+            api_settings.reload()

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 
 from django.http import HttpRequest
 
 from django_perfkit.conf import get_settings
+
+logger = logging.getLogger("django_perfkit.ratelimit")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -43,8 +46,13 @@ def _trusted(proxies: tuple[str, ...]) -> tuple[IPNetwork, ...]:
 
 
 def _parse(value: str) -> IPAddress | None:
+    text = value.strip()
+    if text.startswith("["):  # "[2001:db8::1]:443"
+        text = text[1 : text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:  # "203.0.113.9:5555": some proxies add the port
+        text = text.split(":", 1)[0]
     try:
-        address = ipaddress.ip_address(value.strip())
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -66,13 +74,19 @@ def client_address(request: HttpRequest) -> IPAddress | None:
 
 def _address(remote_addr: str, header: str, proxies: tuple[str, ...]) -> IPAddress | None:
     remote = _parse(remote_addr)
-    if remote is None or not proxies:
+    if not proxies:
         return remote
     networks = _trusted(proxies)
-    if not _is_trusted(remote, networks):
+    if remote is None:
+        # No peer address: the app server was reached over a Unix socket, i.e.
+        # from a proxy on this machine. With TRUSTED_PROXIES set, that local
+        # proxy is trusted like the listed ones.
+        if remote_addr:
+            return None
+    elif not _is_trusted(remote, networks):
         return remote
     hops = header[-MAX_XFF_LENGTH:].split(",")[-MAX_HOPS:]
-    client = remote
+    client: IPAddress | None = remote
     for hop in reversed(hops):
         address = _parse(hop)
         if address is None:
@@ -97,6 +111,21 @@ def client_ip(request: HttpRequest) -> str:
     )
 
 
+_warned = False
+
+
+def _warn_no_address(remote: str) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        logger.warning(
+            "perfkit: no client address (REMOTE_ADDR=%r): every such request shares one "
+            "rate-limit bucket. Behind a proxy on a Unix socket, set "
+            'PERFKIT["TRUSTED_PROXIES"] so the client is read from X-Forwarded-For.',
+            remote,
+        )
+
+
 # Parsing addresses with ipaddress costs microseconds; the same clients come
 # back again and again, so the answer is cached per (address, header, settings).
 @functools.lru_cache(maxsize=4096)  # at most ~8 MiB even with 2 KiB headers
@@ -105,6 +134,7 @@ def _identity(
 ) -> str:
     address = _address(remote, header, proxies)
     if address is None:
+        _warn_no_address(remote)
         return ""
     mask = v6_mask if isinstance(address, ipaddress.IPv6Address) else v4_mask
     if mask >= address.max_prefixlen:

@@ -17,11 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
+from django.conf import settings as django_settings
 from django.http import HttpRequest
+from django.utils.module_loading import import_string
 from django_ratelimit import ALL, UNSAFE
 
 from django_perfkit.conf import RATELIMIT_ALGORITHMS, RATELIMIT_FAIL_MODES, get_settings
-from django_perfkit.ratelimit.keys import InvalidKey, KeyFunc, resolve_key
+from django_perfkit.ratelimit.keys import InvalidKey, KeyFunc, bounded, resolve_key
 from django_perfkit.ratelimit.rates import InvalidRate, parse_rate
 from django_perfkit.ratelimit.scripts import SCRIPTS
 from django_perfkit.record import RatelimitDecision, current_record
@@ -66,10 +68,20 @@ def _methods(method: Any) -> tuple[str, ...] | None:
     raise InvalidLimit(f"method {method!r} must be a string, a list of strings, ALL or UNSAFE")
 
 
+def _qualname(func: Any) -> str:
+    return f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def _django_ratelimit_enabled() -> bool:
+    # django-ratelimit's own switch, honoured so test settings that set
+    # RATELIMIT_ENABLE = False keep working after switching the import.
+    return bool(getattr(django_settings, "RATELIMIT_ENABLE", True))
+
+
 @functools.lru_cache(maxsize=8192)
 def _digest(
-    group: str, count: int, period: int, methods: tuple[str, ...] | None, algorithm: str,
-    value: str,
+    group: str, key_spec: str, count: int, period: int, methods: tuple[str, ...] | None,
+    algorithm: str, value: str,
 ) -> str:  # fmt: skip
     """The key's tag: one per (limit, client), cached since clients come back.
 
@@ -78,7 +90,7 @@ def _digest(
     """
     methods_text = ",".join(methods) if methods else "*"
     digest = hashlib.sha256(
-        f"{group}\0{count}/{period}\0{methods_text}\0{algorithm}\0{value}".encode(
+        f"{group}\0{key_spec}\0{count}/{period}\0{methods_text}\0{algorithm}\0{value}".encode(
             "utf-8", "replace"
         )
     ).hexdigest()[:32]
@@ -96,8 +108,13 @@ class Limit:
     fail: str | None  # None: PERFKIT["RATELIMIT_FAIL"]
     #: ``(count, seconds)`` parsed once, when the rate is not a callable.
     parsed: tuple[int, int] | None = None
-    #: The key may read ``request.user``, which async code must load first.
+    #: The key or rate may read ``request.user``, which async code must load first.
     needs_user: bool = True
+    #: What the key is (``"ip"``, ``"post:username"``, a callable's path): part of
+    #: the Redis key, so two limits of one group with different key types never
+    #: share a bucket (a username that looks like an IP address cannot use up
+    #: that IP's budget).
+    key_spec: str = ""
 
     @classmethod
     def build(
@@ -112,9 +129,15 @@ class Limit:
     ) -> Limit:
         """Validate everything that can be validated now; raises :class:`InvalidLimit`."""
         try:
-            key_func = resolve_key("user_or_ip" if key is None else key)
+            key_func = resolve_key("user_or_ip" if key is None else key)  # as django-ratelimit
         except InvalidKey as exc:
             raise InvalidLimit(str(exc)) from exc
+        if isinstance(rate, str) and "/" not in rate and "." in rate:
+            # A dotted path to a rate function, as django-ratelimit accepts.
+            try:
+                rate = import_string(rate)
+            except ImportError as exc:
+                raise InvalidLimit(f"rate {rate!r} cannot be imported: {exc}") from exc
         parsed = None
         if rate is not None and not callable(rate):
             try:
@@ -129,12 +152,16 @@ class Limit:
             raise InvalidLimit(f"fail {fail!r} is unknown; use 'open' or 'closed'")
         if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
             raise InvalidLimit(f"cost {cost!r} must be a whole number >= 0")
+        if parsed is not None and parsed[0] > 0 and cost > parsed[0]:
+            raise InvalidLimit(f"cost {cost} is more than the whole limit ({parsed[0]})")
+        key = "user_or_ip" if key is None else key
         reads_request_only = isinstance(key, str) and (
             key == "ip" or key.partition(":")[0] in ("header", "get", "post")
         )
+        key_spec = key if isinstance(key, str) else _qualname(key)
         return cls(
             group, key_func, rate, _methods(method), algorithm, cost, fail, parsed,
-            needs_user=not reads_request_only,
+            needs_user=not reads_request_only or callable(rate), key_spec=key_spec,
         )  # fmt: skip
 
     # -- evaluation ------------------------------------------------------------
@@ -144,7 +171,7 @@ class Limit:
     ) -> tuple[Any, list[str], list[Any], int, int, str, str] | None:
         """What to send to Redis, or None when this limit does not apply."""
         settings = get_settings()
-        if not settings.ratelimit_enable:
+        if not settings.ratelimit_enable or not _django_ratelimit_enabled():
             return None
         if self.methods is not None and request.method not in self.methods:
             return None
@@ -158,10 +185,10 @@ class Limit:
                 count, period = parse_rate(rate)
             except InvalidRate:
                 return None  # a rate callable returned garbage: no limit rather than a 500
-        value = self.key(self.group, request)
+        value = bounded(self.key(self.group, request))
         algorithm = self.algorithm or settings.ratelimit_algorithm
         gateway = get_gateway()
-        digest = _digest(self.group, count, period, self.methods, algorithm, value)
+        digest = _digest(self.group, self.key_spec, count, period, self.methods, algorithm, value)
         keys = [gateway.key("rl", digest)]
         packed = f"{count} {period} {self.cost} {1 if increment else 0}"
         if algorithm == "fixed":
@@ -171,7 +198,8 @@ class Limit:
 
     def _usage(self, reply: Any, count: int, period: int, algorithm: str) -> Usage:
         fail = self.fail or get_settings().ratelimit_fail
-        fields = reply.split() if isinstance(reply, bytes) else ()
+        # bytes, or str from a client configured with decode_responses=True
+        fields = reply.split() if isinstance(reply, (bytes, str)) else ()
         if len(fields) != 5:
             closed = fail == "closed"
             retry = max(1, int(get_gateway().breaker.cooldown)) if closed else 0
@@ -182,10 +210,13 @@ class Limit:
             )  # fmt: skip
         else:
             allowed, used, remaining, retry_ms, reset_ms = (int(x) for x in fields)
+            reset = -(-reset_ms // 1000)
             usage = Usage(
                 count=used, limit=count, should_limit=not allowed,
-                time_left=-(-retry_ms // 1000), remaining=remaining,
-                reset=-(-reset_ms // 1000), period=period, group=self.group,
+                # As django-ratelimit: seconds until the window frees up; when
+                # limited, until the next request can pass.
+                time_left=-(-retry_ms // 1000) if not allowed else reset,
+                remaining=remaining, reset=reset, period=period, group=self.group,
                 algorithm=algorithm, failed=False,
             )  # fmt: skip
         record = current_record()

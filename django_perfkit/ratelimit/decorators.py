@@ -9,7 +9,7 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
-from django_ratelimit import ALL
+from django_ratelimit import ALL, UNSAFE
 from django_ratelimit.exceptions import Ratelimited as DjangoRatelimited
 
 from django_perfkit.conf import get_settings
@@ -101,3 +101,8 @@ def ratelimit(
         return wrapped
 
     return decorator
+
+
+# As django-ratelimit's decorator: ratelimit.ALL and ratelimit.UNSAFE.
+ratelimit.ALL = ALL  # type: ignore[attr-defined]
+ratelimit.UNSAFE = UNSAFE  # type: ignore[attr-defined]

@@ -45,7 +45,8 @@ def _ip(group: str, request: HttpRequest) -> str:
 _SIMPLE: dict[str, KeyFunc] = {"ip": _ip, "user": _user, "user_or_ip": _user_or_ip}
 
 
-def _bounded(value: Any) -> str:
+def bounded(value: Any) -> str:
+    """A key value as a string of bounded length (a long one is cut and hashed)."""
     text = value if isinstance(value, str) else str(value)
     if len(text) > MAX_KEY_VALUE:
         import hashlib
@@ -59,18 +60,18 @@ def _accessor(kind: str, name: str) -> KeyFunc:
         meta = "HTTP_" + name.upper().replace("-", "_")
 
         def header(group: str, request: HttpRequest) -> str:
-            return _bounded(request.META.get(meta, ""))
+            return bounded(request.META.get(meta, ""))
 
         return header
     if kind == "get":
 
         def get(group: str, request: HttpRequest) -> str:
-            return _bounded(request.GET.get(name, ""))
+            return bounded(request.GET.get(name, ""))
 
         return get
 
     def post(group: str, request: HttpRequest) -> str:
-        return _bounded(request.POST.get(name, ""))
+        return bounded(request.POST.get(name, ""))
 
     return post
 

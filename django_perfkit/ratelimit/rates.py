@@ -1,9 +1,10 @@
 """Rate strings: everything django-ratelimit accepts.
 
 ``"5/m"``, ``"100/10s"``, ``"1000/d"``, ``"10/5m"``; a bare number as the unit
-means seconds (``"10/30"``). ``None`` means no limit. A callable
-``(group, request)`` may return a rate string, a ``(count, seconds)`` tuple or
-None.
+means seconds (``"10/30"``); units may be spelled out as django-ratelimit and
+DRF allow (``"5/min"``, ``"100/hour"``, ``"1000/day"``: the first letter
+counts). ``None`` means no limit. A callable ``(group, request)``, or a dotted
+path to one, may return a rate string, a ``(count, seconds)`` tuple or None.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from typing import Any
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd]?)\s*$")
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(?:([smhd])[a-z]*)?\s*$", re.IGNORECASE)
+
+#: Longest period accepted: ten years. Beyond that Redis's integer TTLs overflow.
+MAX_PERIOD = 10 * 366 * 86400
 
 
 class InvalidRate(ValueError):
@@ -29,7 +33,7 @@ def parse_rate(rate: Any) -> tuple[int, int]:
             and isinstance(seconds, int)
             and not isinstance(count, bool)
             and count >= 0
-            and seconds > 0
+            and 0 < seconds <= MAX_PERIOD
         ):
             return count, seconds
         raise InvalidRate(f"rate tuple {rate!r} must be (count >= 0, seconds > 0)")
@@ -43,7 +47,9 @@ def parse_rate(rate: Any) -> tuple[int, int]:
     count, multiplier, unit = match.groups()
     if not multiplier and not unit:
         raise InvalidRate(f"rate {rate!r} has no period; write e.g. '{count}/m'")
-    seconds = int(multiplier or 1) * UNITS[unit or "s"]
+    seconds = int(multiplier or 1) * UNITS[(unit or "s").lower()]
     if seconds <= 0:
         raise InvalidRate(f"rate {rate!r} has a period of zero seconds")
+    if seconds > MAX_PERIOD:
+        raise InvalidRate(f"rate {rate!r} has a period longer than ten years")
     return int(count), seconds

@@ -44,8 +44,12 @@ if w ~= win then
   cur = 0
 end
 local into = (now - win * period) / period
-local count = prev * (1 - into) + cur + cost
-local allowed = count <= limit + 1e-9
+local before = prev * (1 - into) + cur
+local allowed = before + cost <= limit + 1e-9
+-- The count reported: with this request when it is counted; without it for
+-- a peek (increment = 0), as django-ratelimit's increment=False reports it.
+local count = before
+if increment == 1 then count = before + cost end
 if allowed and increment == 1 and cost > 0 then
   cur = cur + cost
   redis.call('HSET', KEYS[1], 'w', win, 'c', cur, 'p', prev)
@@ -105,7 +109,7 @@ else
   retry = allow_at - now
 end
 local remaining = math.max(0, math.floor((period - (after - now)) / interval + 1e-9))
-local count = math.ceil((new_tat - now) / interval - 1e-9)
+local count = math.ceil((((increment == 1) and new_tat or tat) - now) / interval - 1e-9)
 return reply(allowed, count, remaining, retry, after - now)
 """,
     name="ratelimit-gcra",
@@ -129,9 +133,8 @@ if increment == 1 then
   count = count + cost
   redis.call('HSET', KEYS[1], 'w', window, 'c', count)
   if rolled then redis.call('PEXPIREAT', KEYS[1], (window + 5) * 1000) end
-else
-  count = count + cost
 end
+-- As django-ratelimit: every request counted, limited once the count is over.
 local allowed = count <= limit
 return reply(allowed, count, math.max(0, limit - count),
              allowed and 0 or (window - now), window - now)

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
-from redis.exceptions import RedisClusterException, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from django_perfkit.conf import PerfkitSettings, get_settings
 from django_perfkit.record import current_record
@@ -57,6 +57,10 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
 )
+
+
+#: Everything the gateway treats as "Redis is not answering properly".
+_FAILURES: tuple[type[BaseException], ...] = (*OUTAGE_ERRORS, RedisError)
 
 
 class RedisNotConfigured(Exception):
@@ -179,13 +183,18 @@ class RedisGateway:
             return default
         try:
             result = operation(client)
-        except OUTAGE_ERRORS as exc:
-            self._on_outage(exc)
-            return default
         except ResponseError as exc:
             # Redis answered, so it is up: a bug in a command or script. Logged
             # and reported, never raised into the site.
             self._on_bad_reply(exc)
+            return default
+        except _FAILURES as exc:
+            # Refused, timed out, or answered with something that is not Redis
+            # (a protocol error): all the same to the caller.
+            self._on_outage(exc)
+            return default
+        except Exception as exc:
+            self._on_unexpected(exc)
             return default
         self.breaker.record_success()
         return result
@@ -209,11 +218,14 @@ class RedisGateway:
             return default
         try:
             result = await operation(client)
-        except OUTAGE_ERRORS as exc:
-            self._on_outage(exc)
-            return default
         except ResponseError as exc:
             self._on_bad_reply(exc)
+            return default
+        except _FAILURES as exc:
+            self._on_outage(exc)
+            return default
+        except Exception as exc:
+            self._on_unexpected(exc)
             return default
         finally:
             if short_lived:
@@ -274,6 +286,15 @@ class RedisGateway:
         self._count_failure(exc, skipped=False)
         self.breaker.record_failure(exc)
         logger.error("perfkit: cannot build the Redis client: %r", exc)
+
+    def _on_unexpected(self, exc: Exception) -> None:
+        # Not a Redis error at all (a bug, or the event loop shutting down):
+        # logged with its traceback, counted, and never raised into the site.
+        self._count_failure(exc, skipped=False)
+        logger.exception("perfkit: unexpected error in a Redis call")
+        record = current_record()
+        if record is not None:
+            record.errors.append(f"redis: {type(exc).__name__}: {exc}")
 
     def _on_bad_reply(self, exc: ResponseError) -> None:
         self.breaker.record_success()
