@@ -128,8 +128,10 @@ class Limit:
         fail: str | None = None,
     ) -> Limit:
         """Validate everything that can be validated now; raises :class:`InvalidLimit`."""
+        # django-ratelimit requires a key; perfkit defaults to the user, else the IP.
+        key = "user_or_ip" if key is None else key
         try:
-            key_func = resolve_key("user_or_ip" if key is None else key)  # as django-ratelimit
+            key_func = resolve_key(key)
         except InvalidKey as exc:
             raise InvalidLimit(str(exc)) from exc
         if isinstance(rate, str) and "/" not in rate and "." in rate:
@@ -154,7 +156,6 @@ class Limit:
             raise InvalidLimit(f"cost {cost!r} must be a whole number >= 0")
         if parsed is not None and parsed[0] > 0 and cost > parsed[0]:
             raise InvalidLimit(f"cost {cost} is more than the whole limit ({parsed[0]})")
-        key = "user_or_ip" if key is None else key
         reads_request_only = isinstance(key, str) and (
             key == "ip" or key.partition(":")[0] in ("header", "get", "post")
         )
