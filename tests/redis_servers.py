@@ -158,3 +158,45 @@ class PrivateCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+class PrivateSentinel:
+    """A Redis server and one Sentinel watching it as ``mymaster``."""
+
+    def __init__(self) -> None:
+        self.master = PrivateRedis()
+        self.sentinel = PrivateRedis()
+        # A name of its own: django-redis keeps connection pools per URL for the
+        # life of the process, so a reused name would find an earlier, dead Sentinel.
+        self.service = f"perfkit{self.master.port}"
+
+    def start(self, tmpdir: str) -> None:
+        self.master.start()
+        config = f"{tmpdir}/sentinel.conf"
+        with open(config, "w") as f:
+            f.write(
+                f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n"
+                f"sentinel down-after-milliseconds {self.service} 5000\n"
+            )
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.sentinel.proc = subprocess.Popen(
+            [binary, config, "--sentinel", "--port", str(self.sentinel.port),
+             "--bind", "127.0.0.1", "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                ["redis-cli", "-p", str(self.sentinel.port), "sentinel",
+                 "get-master-addr-by-name", self.service],
+                capture_output=True, text=True, timeout=5,
+            )  # fmt: skip
+            if str(self.master.port) in out.stdout:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("private Redis Sentinel did not start")
+
+    def stop(self) -> None:
+        self.sentinel.stop()
+        self.master.stop()

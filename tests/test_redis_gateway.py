@@ -4,6 +4,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -12,7 +13,7 @@ from django.test import override_settings
 
 from django_perfkit.record import record_request
 from django_perfkit.redis import CircuitBreaker, LuaScript, RedisGateway, get_gateway
-from tests.redis_servers import BlackHole, PrivateCluster, PrivateRedis
+from tests.redis_servers import BlackHole, PrivateCluster, PrivateRedis, PrivateSentinel
 
 INCR_BY_ARG = LuaScript("return redis.call('INCRBY', KEYS[1], ARGV[1])", name="incr-by-arg")
 
@@ -290,3 +291,61 @@ async def test_replacing_the_gateway_closes_its_async_client_on_its_loop() -> No
     for _ in range(5):  # ...and its async client closes on this loop
         await asyncio.sleep(0)
     assert all(not c.is_connected for c in client.connection_pool._available_connections)
+
+
+@pytest.fixture
+def sentinel(tmp_path: Path) -> Iterator[PrivateSentinel]:
+    private = PrivateSentinel()
+    try:
+        private.start(str(tmp_path))
+        yield private
+    finally:
+        private.stop()
+
+
+def _sentinel_caches(sentinel: PrivateSentinel) -> dict[str, Any]:
+    from django.conf import settings as dj
+
+    return {
+        **dj.CACHES,
+        "sentinel": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": f"redis://{sentinel.service}/0",
+            "OPTIONS": {
+                "CLIENT_CLASS": "django_redis.client.SentinelClient",
+                "CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory",
+                "SENTINELS": [("127.0.0.1", sentinel.sentinel.port)],
+            },
+        },
+    }
+
+
+def test_gateway_through_a_sentinel_alias(sentinel: PrivateSentinel) -> None:
+    with override_settings(
+        CACHES=_sentinel_caches(sentinel),
+        PERFKIT={"REDIS_CACHE_ALIAS": "sentinel", "KEY_PREFIX": "perfkit-test"},
+    ):
+        gw = get_gateway()
+        from redis.sentinel import SentinelConnectionPool
+
+        assert isinstance(gw.client.connection_pool, SentinelConnectionPool)
+        assert gw.client.connection_pool.connection_kwargs["socket_timeout"] == 0.05
+        key = gw.key("test", "sentinel", "n")
+        assert gw.run_script(INCR_BY_ARG, [key], [3], None) == 3
+        # It reached the master the Sentinel named.
+        master = redis.Redis(port=sentinel.master.port)
+        assert master.get(key) == b"3"
+        master.close()
+        gw.close()
+
+
+async def test_async_gateway_through_a_sentinel_alias(sentinel: PrivateSentinel) -> None:
+    with override_settings(
+        CACHES=_sentinel_caches(sentinel),
+        PERFKIT={"REDIS_CACHE_ALIAS": "sentinel", "KEY_PREFIX": "perfkit-test"},
+    ):
+        gw = get_gateway()
+        key = gw.key("test", "asentinel", "n")
+        assert await gw.arun_script(INCR_BY_ARG, [key], [2], None) == 2
+        assert await gw.arun(lambda c: c.get(key), None) == b"2"
+        await gw.aclose()

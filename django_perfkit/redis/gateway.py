@@ -319,6 +319,9 @@ async def _aclose_client(client: Any) -> None:
     if pool is not None:
         # A pool passed in explicitly is not closed by the client.
         await pool.disconnect()
+        # A Sentinel-managed pool also holds connections to the Sentinels.
+        for sentinel in getattr(getattr(pool, "sentinel_manager", None), "sentinels", ()):
+            await sentinel.aclose()
 
 
 # -- building clients -------------------------------------------------------------
