@@ -17,9 +17,10 @@ def _delete_test_keys() -> None:
     # Only our own keys, in our own database: never FLUSHALL, never another prefix.
     client = redis.Redis.from_url(settings.REDIS_URL)
     try:
-        batch = list(client.scan_iter(match=f"{settings.KEY_PREFIX}*", count=1000))
-        if batch:
-            client.delete(*batch)
+        for pattern in (f"{settings.KEY_PREFIX}:*", f"{settings.KEY_PREFIX}-*"):
+            batch = list(client.scan_iter(match=pattern, count=1000))
+            if batch:
+                client.delete(*batch)
     finally:
         client.close()
 

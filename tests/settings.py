@@ -3,8 +3,8 @@
 The suite runs against the real services: PostgreSQL and Redis on localhost
 (override with the PERFKIT_TEST_PG* and PERFKIT_TEST_REDIS_URL variables). With
 ``PERFKIT_TEST_DB=sqlite`` it runs on SQLite instead, which is how tox proves
-the embedded default. Redis: database 13 with the key prefix ``perfkit-test``;
-the suite deletes only keys under that prefix.
+the embedded default. Redis: database 13 with the key prefix
+``perfkit-test-<pid>``; the suite deletes only keys under its own prefix.
 """
 
 from __future__ import annotations
@@ -31,13 +31,21 @@ else:
         "PASSWORD": os.environ.get("PERFKIT_TEST_PGPASSWORD", ""),
     }
     DATABASES = {
-        "default": {**_pg, "NAME": "perfkit", "TEST": {"NAME": "test_perfkit"}},
+        # Test databases named per process, like the Redis prefix below, so two
+        # runs at once (make test and a tox env) do not collide.
+        "default": {**_pg, "NAME": "perfkit", "TEST": {"NAME": f"test_perfkit_{os.getpid()}"}},
         # A second alias, so the collector is tested on more than "default".
-        "other": {**_pg, "NAME": "perfkit_other", "TEST": {"NAME": "test_perfkit_other"}},
+        "other": {
+            **_pg,
+            "NAME": "perfkit_other",
+            "TEST": {"NAME": f"test_perfkit_other_{os.getpid()}"},
+        },
     }
 
 REDIS_URL = os.environ.get("PERFKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-KEY_PREFIX = "perfkit-test"
+# One prefix per test process, so two suites sharing this Redis database
+# (make test and a tox env, say) never delete or count each other's keys.
+KEY_PREFIX = f"perfkit-test-{os.getpid()}"
 
 CACHES = {
     "default": {

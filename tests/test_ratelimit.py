@@ -26,6 +26,7 @@ from django_perfkit.ratelimit.client import client_ip
 from django_perfkit.ratelimit.rates import InvalidRate, parse_rate
 from django_perfkit.record import record_request
 from tests.redis_servers import BlackHole, PrivateRedis
+from tests.settings import KEY_PREFIX
 
 rf = RequestFactory()
 
@@ -85,7 +86,7 @@ def test_spoofed_forwarded_for_changes_nothing_without_trusted_proxies() -> None
     assert client_ip(request) == "203.0.113.7"
 
 
-@override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test", "TRUSTED_PROXIES": ["10.0.0.0/8"]})
+@override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "TRUSTED_PROXIES": ["10.0.0.0/8"]})
 def test_trusted_proxies_walk_forwarded_for_from_the_right() -> None:
     # client -> (spoofs 6.6.6.6) -> our proxy 10.1.1.1 -> our proxy 10.2.2.2 -> app
     request = get(ip="10.2.2.2", HTTP_X_FORWARDED_FOR="6.6.6.6, 198.51.100.4, 10.1.1.1")
@@ -95,7 +96,7 @@ def test_trusted_proxies_walk_forwarded_for_from_the_right() -> None:
     assert client_ip(request) == "198.51.100.9"
 
 
-@override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test", "TRUSTED_PROXIES": ["10.0.0.0/8"]})
+@override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "TRUSTED_PROXIES": ["10.0.0.0/8"]})
 @pytest.mark.parametrize(
     "header", ["garbage, !!, \x00", "1.2.3.4," * 5000, "", ", , ,", "999.1.1.1"]
 )
@@ -109,7 +110,7 @@ def test_ipv6_grouped_by_64_and_ipv4_mapped_normalised() -> None:
     assert client_ip(get(ip="2001:db8:1:2:aaaa::1")) == "2001:db8:1:2::/64"
     assert client_ip(get(ip="2001:db8:1:2:bbbb::9")) == "2001:db8:1:2::/64"
     assert client_ip(get(ip="::ffff:192.0.2.5")) == "192.0.2.5"
-    with override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test", "RATELIMIT_IPV6_MASK": 128}):
+    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "RATELIMIT_IPV6_MASK": 128}):
         assert client_ip(get(ip="2001:db8:1:2:aaaa::1")) == "2001:db8:1:2:aaaa::1"
 
 
@@ -148,9 +149,7 @@ def test_json_clients_get_problem_json() -> None:
 
 def test_legacy_headers_and_headers_on_allowed_responses() -> None:
     view = ratelimit(key="ip", rate="2/m", headers=True)(ok)
-    with override_settings(
-        PERFKIT={"KEY_PREFIX": "perfkit-test", "RATELIMIT_LEGACY_HEADERS": True}
-    ):
+    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "RATELIMIT_LEGACY_HEADERS": True}):
         response = served(view, get())
     assert response.status_code == 200
     assert response["RateLimit"].startswith('"2-per-60s";r=1;')
@@ -322,7 +321,7 @@ def test_zero_rate_blocks_everything() -> None:
 
 def test_ratelimit_enable_false_turns_everything_off() -> None:
     view = ratelimit(key="ip", rate="1/m")(ok)
-    with override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test", "RATELIMIT_ENABLE": False}):
+    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "RATELIMIT_ENABLE": False}):
         assert [served(view, get()).status_code for _ in range(3)] == [200, 200, 200]
 
 
@@ -347,7 +346,7 @@ def test_ratelimit_view_setting_renders_the_response() -> None:
     served(view, get())
     with override_settings(
         PERFKIT={
-            "KEY_PREFIX": "perfkit-test",
+            "KEY_PREFIX": KEY_PREFIX,
             "RATELIMIT_VIEW": "tests.test_ratelimit.ratelimited_view",
         }
     ):
@@ -458,7 +457,7 @@ def black_hole() -> Iterator[str]:
 def test_fail_open_lets_requests_through(where: str, request: pytest.FixtureRequest) -> None:
     url = request.getfixturevalue(where)
     view = ratelimit(key="ip", rate="1/m")(ok)
-    with override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test", "REDIS_URL": url}):
+    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "REDIS_URL": url}):
         started = time.monotonic()
         with record_request() as rec:
             codes = [view(get()).status_code for _ in range(5)]
@@ -475,7 +474,7 @@ def test_fail_closed_answers_503_with_retry_after(
 ) -> None:
     url = request.getfixturevalue(where)
     view = ratelimit(key="ip", rate="100/m", fail="closed")(ok)
-    with override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test", "REDIS_URL": url}):
+    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "REDIS_URL": url}):
         response = served(view, get())
     assert response.status_code == 503
     assert int(response["Retry-After"]) >= 1
@@ -491,7 +490,7 @@ RULES = [
 
 
 @pytest.mark.django_db
-@override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test", "RATELIMITS": RULES})
+@override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "RATELIMITS": RULES})
 def test_route_rules_limit_before_the_view(client: Any, django_assert_num_queries: Any) -> None:
     assert client.get("/api/articles/").status_code == 200
     assert client.get("/api/articles/").status_code == 200
@@ -504,7 +503,7 @@ def test_route_rules_limit_before_the_view(client: Any, django_assert_num_querie
 
 
 @pytest.mark.django_db
-@override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test", "RATELIMITS": RULES})
+@override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "RATELIMITS": RULES})
 def test_route_rule_on_login_posts_per_username(client: Any) -> None:
     assert client.post("/login/", {"username": "alice", "password": "x"}).status_code == 200
     assert client.post("/login/", {"username": "alice", "password": "x"}).status_code == 429
@@ -513,7 +512,7 @@ def test_route_rule_on_login_posts_per_username(client: Any) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-@override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test", "RATELIMITS": RULES})
+@override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "RATELIMITS": RULES})
 async def test_route_rules_under_asgi(async_client: Any) -> None:
     codes = [(await async_client.get("/api/articles/async/")).status_code for _ in range(3)]
     assert codes == [200, 200, 429]
@@ -574,7 +573,7 @@ def test_demo_limits_can_be_lifted(client: Any) -> None:
 @pytest.mark.django_db(transaction=True)
 @override_settings(
     PERFKIT={
-        "KEY_PREFIX": "perfkit-test",
+        "KEY_PREFIX": KEY_PREFIX,
         "RATELIMITS": [{"path": "/api/articles/async/", "rate": "1/m", "key": "user"}],
     }
 )
@@ -644,7 +643,7 @@ def test_plain_ratelimited_exception_still_gets_a_429() -> None:
 def test_decode_responses_clients_still_limit(reply_as_str: bool) -> None:
     url = settings.REDIS_URL + "?decode_responses=True"
     view = ratelimit(key="ip", rate="1/m")(ok)
-    with override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test", "REDIS_URL": url}):
+    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "REDIS_URL": url}):
         assert [served(view, get(ip="10.7.7.7")).status_code for _ in range(2)] == [200, 429]
 
 
@@ -671,7 +670,7 @@ def test_protocol_garbage_from_redis_fails_open_not_500() -> None:
     view = ratelimit(key="ip", rate="1/m")(ok)
     try:
         with override_settings(
-            PERFKIT={"KEY_PREFIX": "perfkit-test", "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+            PERFKIT={"KEY_PREFIX": KEY_PREFIX, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
         ):
             assert served(view, get()).status_code == 200
     finally:
@@ -728,7 +727,7 @@ async def test_async_view_with_a_rate_callable_reading_the_user() -> None:
     await sync_to_async(lambda: None)()
 
 
-@override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test", "TRUSTED_PROXIES": ["10.0.0.0/8"]})
+@override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "TRUSTED_PROXIES": ["10.0.0.0/8"]})
 def test_forwarded_for_hops_with_ports() -> None:
     request = get(ip="10.0.0.5", HTTP_X_FORWARDED_FOR="198.51.100.4:5555, [2001:db8::7]:443")
     assert client_ip(request) == "2001:db8::/64"
@@ -739,9 +738,7 @@ def test_forwarded_for_hops_with_ports() -> None:
 def test_unix_socket_peer_behind_a_trusted_proxy() -> None:
     request = get(ip="", HTTP_X_FORWARDED_FOR="198.51.100.8")
     assert client_ip(request) == ""  # no proxies configured: nothing to go on
-    with override_settings(
-        PERFKIT={"KEY_PREFIX": "perfkit-test", "TRUSTED_PROXIES": ["127.0.0.1"]}
-    ):
+    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "TRUSTED_PROXIES": ["127.0.0.1"]}):
         assert client_ip(request) == "198.51.100.8"
 
 

@@ -14,13 +14,14 @@ from django.test import override_settings
 from django_perfkit.record import record_request
 from django_perfkit.redis import CircuitBreaker, LuaScript, RedisGateway, get_gateway
 from tests.redis_servers import BlackHole, PrivateCluster, PrivateRedis, PrivateSentinel
+from tests.settings import KEY_PREFIX
 
 INCR_BY_ARG = LuaScript("return redis.call('INCRBY', KEYS[1], ARGV[1])", name="incr-by-arg")
 
 
 def test_key_has_prefix_and_hash_tag() -> None:
     gw = get_gateway()
-    assert gw.key("ratelimit", "login", "ip", 5) == "perfkit-test:{ratelimit:login}:ip:5"
+    assert gw.key("ratelimit", "login", "ip", 5) == f"{KEY_PREFIX}:{{ratelimit:login}}:ip:5"
     assert redis.cluster.key_slot(gw.key("x", "t", "a").encode()) == redis.cluster.key_slot(
         gw.key("x", "t", "b").encode()
     )
@@ -29,9 +30,9 @@ def test_key_has_prefix_and_hash_tag() -> None:
 def test_gateway_is_rebuilt_when_settings_change() -> None:
     gw = get_gateway()
     assert get_gateway() is gw
-    with override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test-other"}):
+    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX + "-other"}):
         assert get_gateway() is not gw
-        assert get_gateway().prefix == "perfkit-test-other"
+        assert get_gateway().prefix == KEY_PREFIX + "-other"
 
 
 def test_client_comes_from_the_django_redis_alias_with_our_timeouts() -> None:
@@ -60,7 +61,7 @@ def test_lua_script_evalsha_and_noscript_reload() -> None:
     private = PrivateRedis()
     private.start()
     try:
-        with override_settings(PERFKIT={"REDIS_URL": private.url, "KEY_PREFIX": "perfkit-test"}):
+        with override_settings(PERFKIT={"REDIS_URL": private.url, "KEY_PREFIX": KEY_PREFIX}):
             gw = get_gateway()
             key = gw.key("test", "lua", "n")
             assert gw.run_script(INCR_BY_ARG, [key], [5], None) == 5
@@ -94,7 +95,7 @@ def stopped_redis() -> Iterator[PrivateRedis]:
 
 
 def _gateway_for(url: str, **extra: object) -> RedisGateway:
-    with override_settings(PERFKIT={"REDIS_URL": url, "KEY_PREFIX": "perfkit-test", **extra}):
+    with override_settings(PERFKIT={"REDIS_URL": url, "KEY_PREFIX": KEY_PREFIX, **extra}):
         return get_gateway()
 
 
@@ -209,7 +210,7 @@ def test_default_alias_that_is_not_django_redis_means_no_redis() -> None:
     # The W004 case: perfkit was not told about Redis and the default cache is
     # locmem. Calls must return their default, not raise NotImplementedError.
     caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    with override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test"}, CACHES=caches):
+    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX}, CACHES=caches):
         gw = get_gateway()
         assert gw.configured is False
         assert gw.run(lambda c: c.ping(), "no-redis") == "no-redis"
@@ -218,7 +219,7 @@ def test_default_alias_that_is_not_django_redis_means_no_redis() -> None:
 def test_a_client_that_cannot_be_built_is_a_failure_not_an_exception(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test", "REDIS_CACHE_ALIAS": "default"}):
+    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "REDIS_CACHE_ALIAS": "default"}):
         gw = get_gateway()
         assert gw.configured
         # The alias disappears after start-up (a settings reload gone wrong).
@@ -254,7 +255,7 @@ MOVE_COUNT = LuaScript(
 
 def test_redis_cluster_through_redis_url(cluster: PrivateCluster) -> None:
     with override_settings(
-        PERFKIT={"REDIS_URL": cluster.url, "REDIS_CLUSTER": True, "KEY_PREFIX": "perfkit-test"}
+        PERFKIT={"REDIS_URL": cluster.url, "REDIS_CLUSTER": True, "KEY_PREFIX": KEY_PREFIX}
     ):
         gw = get_gateway()
         assert isinstance(gw.client, redis.cluster.RedisCluster)
@@ -272,7 +273,7 @@ def test_redis_cluster_through_redis_url(cluster: PrivateCluster) -> None:
 
 async def test_redis_cluster_async(cluster: PrivateCluster) -> None:
     with override_settings(
-        PERFKIT={"REDIS_URL": cluster.url, "REDIS_CLUSTER": True, "KEY_PREFIX": "perfkit-test"}
+        PERFKIT={"REDIS_URL": cluster.url, "REDIS_CLUSTER": True, "KEY_PREFIX": KEY_PREFIX}
     ):
         gw = get_gateway()
         keys = [gw.key("test", "acluster", "count"), gw.key("test", "acluster", "copy")]
@@ -286,7 +287,7 @@ async def test_replacing_the_gateway_closes_its_async_client_on_its_loop() -> No
     assert await gw.arun(lambda c: c.ping(), False) is True
     client = gw.async_client()
     assert client.connection_pool._available_connections  # one open connection
-    with override_settings(PERFKIT={"KEY_PREFIX": "perfkit-test-2"}):
+    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX + "-2"}):
         assert get_gateway() is not gw  # the old one was closed...
     for _ in range(5):  # ...and its async client closes on this loop
         await asyncio.sleep(0)
@@ -323,7 +324,7 @@ def _sentinel_caches(sentinel: PrivateSentinel) -> dict[str, Any]:
 def test_gateway_through_a_sentinel_alias(sentinel: PrivateSentinel) -> None:
     with override_settings(
         CACHES=_sentinel_caches(sentinel),
-        PERFKIT={"REDIS_CACHE_ALIAS": "sentinel", "KEY_PREFIX": "perfkit-test"},
+        PERFKIT={"REDIS_CACHE_ALIAS": "sentinel", "KEY_PREFIX": KEY_PREFIX},
     ):
         gw = get_gateway()
         from redis.sentinel import SentinelConnectionPool
@@ -342,7 +343,7 @@ def test_gateway_through_a_sentinel_alias(sentinel: PrivateSentinel) -> None:
 async def test_async_gateway_through_a_sentinel_alias(sentinel: PrivateSentinel) -> None:
     with override_settings(
         CACHES=_sentinel_caches(sentinel),
-        PERFKIT={"REDIS_CACHE_ALIAS": "sentinel", "KEY_PREFIX": "perfkit-test"},
+        PERFKIT={"REDIS_CACHE_ALIAS": "sentinel", "KEY_PREFIX": KEY_PREFIX},
     ):
         gw = get_gateway()
         key = gw.key("test", "asentinel", "n")
