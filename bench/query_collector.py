@@ -95,9 +95,26 @@ def _create_pg_database(name: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
+def _batches() -> tuple[Callable[[], None], Callable[[], None]]:
+    """The two kinds of query, BATCH of each: a raw cursor SELECT and an ORM exists()."""
+    from django.contrib.auth.models import User
+    from django.db import connection
+
+    def raw_batch() -> None:
+        with connection.cursor() as cursor:
+            for i in range(BATCH):
+                cursor.execute("SELECT %s", [i])
+                cursor.fetchone()
+
+    def orm_batch() -> None:
+        for i in range(BATCH):
+            User.objects.filter(pk=i).exists()
+
+    return raw_batch, orm_batch
+
+
 def run(db: str, rounds: int) -> dict[str, Any]:
     configure(db)
-    from django.contrib.auth.models import User
     from django.core.management import call_command
     from django.db import connection
     from django.test.utils import CaptureQueriesContext, override_settings
@@ -109,15 +126,7 @@ def run(db: str, rounds: int) -> dict[str, Any]:
     connection.ensure_connection()
     install(connection)
 
-    def raw_batch() -> None:
-        with connection.cursor() as cursor:
-            for i in range(BATCH):
-                cursor.execute("SELECT %s", [i])
-                cursor.fetchone()
-
-    def orm_batch() -> None:
-        for i in range(BATCH):
-            User.objects.filter(pk=i).exists()
+    raw_batch, orm_batch = _batches()
 
     def bare(batch: Callable[[], None]) -> None:
         connection.execute_wrappers.remove(collector)
@@ -235,22 +244,13 @@ class _Probe:
 
 def in_situ(db: str, rounds: int) -> dict[str, Any]:
     """Median ns the collector adds per query, measured around it (see _Probe)."""
-    from django.contrib.auth.models import User
     from django.db import connection
     from django.test.utils import override_settings
 
     from django_perfkit.collectors.db import collector
     from django_perfkit.record import record_request
 
-    def raw_batch() -> None:
-        with connection.cursor() as cursor:
-            for i in range(BATCH):
-                cursor.execute("SELECT %s", [i])
-                cursor.fetchone()
-
-    def orm_batch() -> None:
-        for i in range(BATCH):
-            User.objects.filter(pk=i).exists()
+    raw_batch, orm_batch = _batches()
 
     kinds = {"raw SELECT": raw_batch, "ORM exists()": orm_batch}
     no_sites = {"REDIS_CACHE_ALIAS": None, "CAPTURE_CALL_SITES": False}

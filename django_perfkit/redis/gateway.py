@@ -171,10 +171,7 @@ class RedisGateway:
 
     def run(self, operation: Callable[[Any], T], default: T) -> T:
         """Run ``operation(client)``; on an outage or an open breaker return ``default``."""
-        if not self.configured:
-            return default
-        if not self.breaker.allow():
-            self._count_failure(None, skipped=True)
+        if self._skip():
             return default
         try:
             client = self.client
@@ -183,18 +180,8 @@ class RedisGateway:
             return default
         try:
             result = operation(client)
-        except ResponseError as exc:
-            # Redis answered, so it is up: a bug in a command or script. Logged
-            # and reported, never raised into the site.
-            self._on_bad_reply(exc)
-            return default
-        except _FAILURES as exc:
-            # Refused, timed out, or answered with something that is not Redis
-            # (a protocol error): all the same to the caller.
-            self._on_outage(exc)
-            return default
         except Exception as exc:
-            self._on_unexpected(exc)
+            self._on_error(exc)
             return default
         self.breaker.record_success()
         return result
@@ -205,10 +192,7 @@ class RedisGateway:
         On a short-lived loop (see :meth:`short_lived_loop`) the client is
         opened for this call and closed after it.
         """
-        if not self.configured:
-            return default
-        if not self.breaker.allow():
-            self._count_failure(None, skipped=True)
+        if self._skip():
             return default
         short_lived = self.short_lived_loop()
         try:
@@ -218,14 +202,8 @@ class RedisGateway:
             return default
         try:
             result = await operation(client)
-        except ResponseError as exc:
-            self._on_bad_reply(exc)
-            return default
-        except _FAILURES as exc:
-            self._on_outage(exc)
-            return default
         except Exception as exc:
-            self._on_unexpected(exc)
+            self._on_error(exc)
             return default
         finally:
             if short_lived:
@@ -260,6 +238,27 @@ class RedisGateway:
     async def aping(self) -> bool:
         """The async form of :meth:`ping`."""
         return bool(await self.arun(lambda client: client.ping(), False))
+
+    def _skip(self) -> bool:
+        """No Redis configured, or the breaker is open: answer with the default at once."""
+        if not self.configured:
+            return True
+        if not self.breaker.allow():
+            self._count_failure(None, skipped=True)
+            return True
+        return False
+
+    def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, ResponseError):
+            # Redis answered, so it is up: a bug in a command or script. Logged
+            # and reported, never raised into the site.
+            self._on_bad_reply(exc)
+        elif isinstance(exc, _FAILURES):
+            # Refused, timed out, or answered with something that is not Redis
+            # (a protocol error): all the same to the caller.
+            self._on_outage(exc)
+        else:
+            self._on_unexpected(exc)
 
     def _count_failure(self, exc: BaseException | None, skipped: bool) -> None:
         self.failures += 1
