@@ -124,7 +124,8 @@ FIXED = LuaScript(
 local offset = a[5]
 local ts = math.floor(now)
 local window = ts - (ts % period) + offset
-if window < ts then window = window + period end
+-- A window ends strictly after now: at the second it would end, the next one is current.
+if window <= ts then window = window + period end
 local h = redis.call('HMGET', KEYS[1], 'w', 'c')
 local count = tonumber(h[2]) or 0
 if tonumber(h[1]) ~= window then count = 0 end
