@@ -11,6 +11,7 @@ class PerfkitConfig(AppConfig):
     def ready(self) -> None:
         from django.core.signals import setting_changed
         from django.db.backends.signals import connection_created
+        from django.db.models.signals import post_migrate
 
         from django_perfkit import checks  # noqa: F401  (registers the system checks)
         from django_perfkit.collectors import db
@@ -19,3 +20,25 @@ class PerfkitConfig(AppConfig):
         setting_changed.connect(reset, dispatch_uid="django_perfkit.conf.reset")
         connection_created.connect(db.install, dispatch_uid="django_perfkit.collectors.db")
         db.install_on_all_connections()
+        if uses_queryset_cache():
+            # Only a project with cached querysets pays for watching its writes.
+            from django_perfkit.cache import _on_post_migrate
+            from django_perfkit.versions import writes
+
+            connection_created.connect(writes.install, dispatch_uid="django_perfkit.versions")
+            writes.install_on_all_connections()
+            post_migrate.connect(_on_post_migrate, dispatch_uid="django_perfkit.cache.migrate")
+
+
+def uses_queryset_cache() -> bool:
+    """Does any model have a manager whose querysets have ``.cache()``?"""
+    from django.apps import apps
+
+    from django_perfkit.cache.queryset import CachedQuerySetMixin
+
+    for model in apps.get_models():
+        for manager in model._meta.managers:
+            queryset_class = getattr(manager, "_queryset_class", None)
+            if isinstance(queryset_class, type) and issubclass(queryset_class, CachedQuerySetMixin):
+                return True
+    return False

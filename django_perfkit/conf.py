@@ -54,7 +54,68 @@ DEFAULTS: Final[dict[str, Any]] = {
     "TRUSTED_PROXIES": [],
     "RATELIMIT_IPV4_MASK": 32,
     "RATELIMIT_IPV6_MASK": 64,
+    # Queryset .cache(): a dict of its own, see CACHE_DEFAULTS
+    "CACHE": {},
 }
+
+#: Every ``PERFKIT["CACHE"]`` key with its default (the queryset ``.cache()``).
+CACHE_DEFAULTS: Final[dict[str, Any]] = {
+    # Off: .cache() querysets run uncached. Writes still bump version tokens,
+    # so turning it back on never serves an entry older than a write.
+    "ENABLED": True,
+    # Seconds an entry lives when .cache() is given no timeout.
+    "DEFAULT_TIMEOUT": 300,
+    # {"app_label.ModelName": timeout}: querysets of these models (through a
+    # CachedManager / CachedQuerySetMixin) are cached without calling .cache().
+    "MODELS": {},
+    # Results whose pickle is larger than this are not stored (counted as skipped).
+    "MAX_BYTES": 1_048_576,
+    # Single flight: how long the first miss holds its lock, and how long the
+    # others wait for its result before they query the database themselves.
+    "LOCK_TIMEOUT": 10.0,
+    "LOCK_WAIT": 1.0,
+    # XFetch early refresh (Vattani et al. 2015): beta; 0 turns it off.
+    "EARLY_REFRESH_BETA": 1.0,
+    # Version tokens live this long at least (and at least twice an entry's timeout).
+    "TOKEN_TTL": 86_400,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """The resolved ``PERFKIT["CACHE"]`` settings."""
+
+    enabled: bool
+    default_timeout: int
+    #: ``"app_label.modelname"`` (lower case) -> timeout in seconds.
+    models: dict[str, int]
+    max_bytes: int
+    lock_timeout: float
+    lock_wait: float
+    early_refresh_beta: float
+    token_ttl: int
+
+
+def _cache_settings(raw: Any) -> CacheSettings:
+    if not isinstance(raw, dict):
+        raw = {}
+    values: dict[str, Any] = {}
+    for name, default in CACHE_DEFAULTS.items():
+        value = raw.get(name, default)
+        if name == "MODELS":
+            ok = isinstance(value, dict)
+            value = {
+                str(label).lower(): timeout
+                for label, timeout in (value.items() if ok else ())
+                if isinstance(timeout, int) and not isinstance(timeout, bool) and timeout > 0
+            }
+        elif name == "DEFAULT_TIMEOUT":
+            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+            value = value if ok else default
+        else:
+            value = _coerce(name, value, default)
+        values[name.lower()] = value
+    return CacheSettings(**values)
 
 RATELIMIT_ALGORITHMS: Final[tuple[str, ...]] = ("sliding", "gcra", "fixed")
 RATELIMIT_FAIL_MODES: Final[tuple[str, ...]] = ("open", "closed")
@@ -88,6 +149,7 @@ class PerfkitSettings:
     trusted_proxies: tuple[str, ...]
     ratelimit_ipv4_mask: int
     ratelimit_ipv6_mask: int
+    cache: CacheSettings
     #: True when the project set ``REDIS_CACHE_ALIAS`` itself (the checks are
     #: stricter about an explicit alias than about the default one).
     redis_alias_explicit: bool
@@ -134,6 +196,9 @@ def get_settings() -> PerfkitSettings:
         raw = {}
     values: dict[str, Any] = {}
     for name, default in DEFAULTS.items():
+        if name == "CACHE":
+            values["cache"] = _cache_settings(raw.get(name))
+            continue
         values[name.lower()] = _coerce(name, raw.get(name, default), default)
     values["redis_alias_explicit"] = "REDIS_CACHE_ALIAS" in raw
     assert {f.name for f in fields(PerfkitSettings)} == set(values)
@@ -153,3 +218,6 @@ def reset(**kwargs: Any) -> None:
     from django_perfkit import redis as perfkit_redis
 
     perfkit_redis.reset_gateway()
+    from django_perfkit.versions import tokens
+
+    tokens.reset_state()

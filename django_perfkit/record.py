@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 __all__ = [
+    "CacheStats",
     "QueryRecord",
     "RatelimitDecision",
     "QueryStats",
@@ -120,6 +121,18 @@ class RatelimitDecision:
 
 
 @dataclass(slots=True)
+class CacheStats:
+    """The ``.cache()`` section of a record: lookups and the time they took."""
+
+    hits: int = 0
+    misses: int = 0
+    #: Results computed but not stored: too large, unpicklable, written meanwhile.
+    skipped: int = 0
+    #: Seconds spent talking to Redis and (un)pickling, not running queries.
+    time: float = 0.0
+
+
+@dataclass(slots=True)
 class Section:
     """A named, timed section: ``perfkit.timer("render")`` adds to one of these."""
 
@@ -141,6 +154,7 @@ class RequestRecord:
     #: The resolved URL pattern (``articles/<slug:slug>/``), not the raw path.
     route: str | None = None
     db: QueryStats = field(default_factory=QueryStats)
+    cache: CacheStats = field(default_factory=CacheStats)
     sections: dict[str, Section] = field(default_factory=dict)
     #: Every rate-limit check of the request, in order.
     ratelimits: list[RatelimitDecision] = field(default_factory=list)

@@ -9,6 +9,7 @@ else. Entries::
 * ``total``: time from the middleware's start to the response (what perfkit
   can see; the web server's own queueing is not in it);
 * ``db``: time in database queries, and their count;
+* ``cache``: time in queryset ``.cache()`` lookups and stores, with hits and misses;
 * one entry per ``perfkit.timer("label")`` section (repeated sections add up);
 * ``redis-failures`` when perfkit's Redis calls failed or were skipped.
 
@@ -49,6 +50,12 @@ def build_header(record: RequestRecord) -> str:
     if db.count:
         noun = "query" if db.count == 1 else "queries"
         entries.append(f"db;dur={db.time * 1000:.2f};desc={_desc(f'{db.count} {noun}')}")
+    cache = record.cache
+    if cache.hits or cache.misses:
+        hits = "hit" if cache.hits == 1 else "hits"
+        misses = "miss" if cache.misses == 1 else "misses"
+        desc = _desc(f"{cache.hits} {hits}, {cache.misses} {misses}")
+        entries.append(f"cache;dur={cache.time * 1000:.2f};desc={desc}")
     for label, section in record.sections.items():
         name = metric_name(label)
         if section.count > 1:

@@ -10,6 +10,8 @@ from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.urls import reverse
 
+from django_perfkit.cache import CachedManager, CachedQuerySetMixin
+
 if TYPE_CHECKING:
     from django.db.models.query import QuerySet
 
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
 class Category(models.Model):
     name = models.CharField(max_length=80)
     slug = models.SlugField(max_length=80, unique=True)
+
+    objects = CachedManager()
 
     class Meta:
         ordering = ["name"]
@@ -55,7 +59,7 @@ class Tag(models.Model):
         return self.name
 
 
-class ArticleQuerySet(models.QuerySet["Article"]):
+class ArticleQuerySet(CachedQuerySetMixin, models.QuerySet["Article"]):
     def published(self) -> ArticleQuerySet:
         return self.filter(is_published=True)
 

@@ -1,0 +1,93 @@
+"""Queryset ``.cache()`` backed by Redis, invalidated by version tokens.
+
+``Article.objects.filter(category=c).select_related("author").cache()`` serves
+the result from Redis until a write changes what it read. See
+:mod:`django_perfkit.cache.queryset` for what is cached and
+:mod:`django_perfkit.versions` for how writes are seen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.db import models
+
+from django_perfkit.cache.queryset import CachedManager, CachedQuerySet, CachedQuerySetMixin
+from django_perfkit.versions.tokens import abump, bump, tokens_for
+
+__all__ = [
+    "CachedManager",
+    "CachedQuerySet",
+    "CachedQuerySetMixin",
+    "ainvalidate",
+    "ainvalidate_all",
+    "invalidate",
+    "invalidate_all",
+]
+
+
+def _aliases(using: str | None) -> list[str]:
+    return [using] if using is not None else list(django_settings.DATABASES)
+
+
+def _model_keys(alias: str, target: type[models.Model] | models.Model) -> list[str]:
+    tokens = tokens_for(alias)
+    if isinstance(target, models.Model):
+        meta = target._meta
+        table = meta.db_table
+        keys = [tokens.scan(table), tokens.value(table, meta.pk.column, target.pk)]  # type: ignore[union-attr]
+        keys.extend(
+            tokens.generation(table, f.column)
+            for f in meta.concrete_fields
+            if f.is_relation and (f.many_to_one or f.one_to_one)
+        )
+        return keys
+    if isinstance(target, type) and issubclass(target, models.Model):
+        return [tokens.table(target._meta.db_table)]
+    raise TypeError(f"invalidate() takes a model class or instance, not {target!r}")
+
+
+def invalidate(target: type[models.Model] | models.Model, using: str | None = None) -> bool:
+    """Drop cached results that read ``target``: a model (its whole table) or one instance.
+
+    For writes perfkit cannot see (another program writing the database, a
+    stored procedure). ``using``: one database alias (default: all of them).
+    Returns False when Redis could not be told; the cache of that alias is then
+    not read until it can be (see "Redis outages" in the docs).
+    """
+    ok = True
+    for alias in _aliases(using):
+        ok = bump(alias, _model_keys(alias, target)) and ok
+    return ok
+
+
+async def ainvalidate(target: type[models.Model] | models.Model, using: str | None = None) -> bool:
+    """The async form of :func:`invalidate`."""
+    ok = True
+    for alias in _aliases(using):
+        ok = await abump(alias, _model_keys(alias, target)) and ok
+    return ok
+
+
+def invalidate_all(using: str | None = None) -> bool:
+    """Drop every cached result (of one alias, or of all): bump the epoch."""
+    ok = True
+    for alias in _aliases(using):
+        ok = bump(alias, [tokens_for(alias).epoch]) and ok
+    return ok
+
+
+async def ainvalidate_all(using: str | None = None) -> bool:
+    """The async form of :func:`invalidate_all`."""
+    ok = True
+    for alias in _aliases(using):
+        ok = await abump(alias, [tokens_for(alias).epoch]) and ok
+    return ok
+
+
+def _on_post_migrate(using: str = "default", **kwargs: Any) -> None:
+    # Migrations' DDL already bumps each table; data migrations that write
+    # through a schema editor's raw SQL are covered too. The epoch bump makes
+    # sure nothing computed against the old schema is unpickled afterwards.
+    invalidate_all(using)

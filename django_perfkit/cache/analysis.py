@@ -1,0 +1,197 @@
+"""What a cached queryset evaluation is keyed by, and which version tokens it depends on.
+
+The key is a hash of the compiled SQL and its parameters (plus what turns rows
+into results: the iterable class, prefetches, the kind of evaluation). The
+dependencies are read off the same SQL (every table after ``FROM`` and
+``JOIN``, subqueries included) and off the ``WHERE`` tree: a top-level
+``pk = v`` or ``<foreign key> = v`` condition on the base table lets the entry
+depend on that value's token instead of on every write to the table (see
+:mod:`django_perfkit.versions.tokens` for the token kinds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.exceptions import FieldDoesNotExist
+from django.db import models
+from django.db.models.expressions import Col
+from django.db.models.lookups import Exact
+from django.db.models.sql.where import AND
+
+from django_perfkit.versions.tokens import Tokens
+
+__all__ = ["Plan", "fine_condition", "plan", "prefetch_tables", "query_sql", "tables_in"]
+
+_FROM = re.compile(r'(?:FROM|JOIN)\s+[`"]([^`"]+)[`"]', re.I)
+
+
+def tables_in(sql: str) -> set[str]:
+    """Every table named after ``FROM`` or ``JOIN`` (subqueries included)."""
+    return set(_FROM.findall(sql))
+
+
+def query_sql(queryset: models.QuerySet[Any]) -> tuple[str, tuple[Any, ...]]:
+    """The queryset's SQL and parameters (``EmptyResultSet`` propagates)."""
+    sql, params = queryset.query.get_compiler(using=queryset.db).as_sql()
+    return sql, tuple(params)
+
+
+def entry_name(
+    queryset: models.QuerySet[Any], kind: str, extra: str, sql: str, params: tuple[Any, ...]
+) -> str:
+    """A short, stable hash naming the entry."""
+    meta = queryset.model._meta
+    lookups = ",".join(_lookup_repr(lookup) for lookup in queryset._prefetch_related_lookups)
+    text = (
+        f"{meta.label}|{kind}|{extra}|{queryset._iterable_class.__qualname__}|"
+        f"{queryset._fields}|{lookups}|{sql}|{params!r}"
+    )
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _lookup_repr(lookup: Any) -> str:
+    if isinstance(lookup, models.Prefetch):
+        query = "" if lookup.queryset is None else str(lookup.queryset.query)
+        return f"P({lookup.prefetch_through};{lookup.prefetch_to};{query})"
+    return str(lookup)
+
+
+def fine_condition(queryset: models.QuerySet[Any]) -> tuple[str, Any, bool] | None:
+    """``(column, value, is_pk)`` of a top-level ``pk = v`` / ``fk = v`` filter, if any."""
+    query = queryset.query
+    where = query.where
+    if where.connector != AND or where.negated or query.combinator:
+        return None
+    base = query.base_table
+    found: tuple[str, Any, bool] | None = None
+    for child in where.children:
+        if not isinstance(child, Exact):
+            continue
+        lhs, rhs = child.lhs, child.rhs
+        if not isinstance(lhs, Col) or lhs.alias != base:
+            continue
+        if isinstance(rhs, bool) or not isinstance(rhs, (int, str, uuid.UUID)):
+            continue
+        target = lhs.target
+        if target.primary_key:
+            return (target.column, rhs, True)
+        if found is None and target.is_relation and (target.many_to_one or target.one_to_one):
+            found = (target.column, rhs, False)
+    return found
+
+
+def prefetch_tables(model: type[models.Model], lookups: tuple[Any, ...]) -> set[str] | None:
+    """Tables the prefetches will read (``None`` when a lookup cannot be followed)."""
+    tables: set[str] = set()
+    for lookup in lookups:
+        if isinstance(lookup, models.Prefetch):
+            path = lookup.prefetch_through
+            if lookup.queryset is not None:
+                tables.add(lookup.queryset.model._meta.db_table)
+        else:
+            path = str(lookup)
+        current = model
+        for part in path.split("__"):
+            try:
+                fld: Any = current._meta.get_field(part)
+            except FieldDoesNotExist:
+                return None
+            related = getattr(fld, "related_model", None)
+            if not fld.is_relation or related is None or isinstance(related, str):
+                return None
+            if fld.many_to_many:
+                through = getattr(fld, "through", None) or fld.remote_field.through
+                tables.add(through._meta.db_table)
+            current = related
+            tables.add(current._meta.db_table)
+    return tables
+
+
+@dataclass(slots=True)
+class Plan:
+    """The tokens one evaluation reads before it runs and records when it is stored."""
+
+    tokens: Tokens
+    base: str
+    #: Every table the evaluation may read.
+    tables: set[str]
+    #: Token keys read before the query runs (their values are compared at store time).
+    static: list[str] = field(default_factory=list)
+    #: Of ``static``: the ones the entry depends on whatever the result.
+    always: set[str] = field(default_factory=set)
+    #: The base table's scan token, when it may be only a guard.
+    scan: str = ""
+    #: ``pk = v``: the scan token is needed only for an empty result.
+    pk_fine: bool = False
+    #: ``fk = v``: rows of the result become dependencies, when they are model rows.
+    fk_fine: bool = False
+    pk_column: str = ""
+
+    def flags(self, result_kind: str, rows: Any) -> tuple[str, list[str]]:
+        """Which static keys the entry depends on ("1"/"0" per key), and its row tokens."""
+        row_keys: list[str] = []
+        scan_needed = True
+        if self.pk_fine:
+            scan_needed = result_kind != "rows" or not rows
+        elif self.fk_fine and result_kind == "rows" and _model_rows(rows):
+            scan_needed = False
+            seen: set[Any] = set()
+            for row in rows:
+                pk = row.pk
+                if pk not in seen:
+                    seen.add(pk)
+                    row_keys.append(self.tokens.value(self.base, self.pk_column, pk))
+        flags = "".join(
+            "1" if key in self.always or (key == self.scan and scan_needed) else "0"
+            for key in self.static
+        )
+        return flags, row_keys
+
+
+def _model_rows(rows: Any) -> bool:
+    return isinstance(rows, list) and all(isinstance(row, models.Model) for row in rows)
+
+
+def plan(queryset: models.QuerySet[Any], sql: str, tokens: Tokens) -> Plan | None:
+    """The plan for one evaluation, or ``None`` when its reads cannot be known."""
+    model = queryset.model
+    base = model._meta.db_table
+    tables = tables_in(sql) | {base}
+    if queryset._prefetch_related_lookups:
+        extra = prefetch_tables(model, tuple(queryset._prefetch_related_lookups))
+        if extra is None:
+            return None
+        tables |= extra
+    result = Plan(tokens=tokens, base=base, tables=tables)
+    static = [tokens.epoch, tokens.table(base)]
+    always = set(static)
+    result.scan = tokens.scan(base)
+    static.append(result.scan)
+    fine = fine_condition(queryset)
+    if fine is not None:
+        column, value, is_pk = fine
+        value_key = tokens.value(base, column, value)
+        static.append(value_key)
+        always.add(value_key)
+        if is_pk:
+            result.pk_fine = True
+        else:
+            generation = tokens.generation(base, column)
+            static.append(generation)
+            always.add(generation)
+            result.fk_fine = True
+            result.pk_column = model._meta.pk.column  # type: ignore[union-attr]
+    else:
+        always.add(result.scan)
+    for table in sorted(tables - {base}):
+        for key in (tokens.table(table), tokens.scan(table)):
+            static.append(key)
+            always.add(key)
+    result.static = static
+    result.always = always
+    return result

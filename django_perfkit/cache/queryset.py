@@ -1,0 +1,274 @@
+"""``.cache()`` on querysets: the mixin, a ready-made queryset class and manager.
+
+What is cached is the result of whatever evaluates the queryset: iteration,
+``list()``, ``len()``, ``get()``, ``first()``, ``last()``, ``in_bulk()``,
+slicing, ``values()``/``values_list()`` (all through ``_fetch_all``, with
+``select_related`` and ``prefetch_related`` results included), ``count()``,
+``exists()`` and ``aggregate()``; and their async forms, which talk to Redis
+through ``redis.asyncio`` and only hop to a thread to run the query on a miss.
+
+Not cached, by design: ``iterator()`` (it streams), querysets marked for
+writing (``select_for_update()``, the read inside ``get_or_create`` /
+``update_or_create``), reads of tables that the open transaction has written,
+and queries that cannot return rows (``filter(pk__in=[])``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.core.exceptions import EmptyResultSet, SynchronousOnlyOperation
+from django.db import connections, models
+from django.db.models.query import MAX_GET_RESULTS
+
+from django_perfkit.cache import analysis, entries
+from django_perfkit.conf import get_settings
+from django_perfkit.versions.tokens import ready_for_reads, tokens_for
+from django_perfkit.versions.writes import dirty_tables
+
+__all__ = ["CachedManager", "CachedQuerySet", "CachedQuerySetMixin"]
+
+M = TypeVar("M", bound=models.Model)
+
+_OFF = "off"
+
+
+class _Options:
+    __slots__ = ("timeout", "key")
+
+    def __init__(self, timeout: float | None, key: str | None) -> None:
+        self.timeout = timeout
+        self.key = key
+
+
+if TYPE_CHECKING:
+    _Base = models.QuerySet[Any]
+else:
+    _Base = object
+
+
+class CachedQuerySetMixin(_Base):
+    """Adds ``.cache()`` and ``.nocache()`` to a ``QuerySet`` subclass.
+
+    ``class ArticleQuerySet(CachedQuerySetMixin, models.QuerySet): ...``
+    """
+
+    _perfkit_cache: _Options | str | None = None
+
+    # -- the public API ---------------------------------------------------------
+
+    def cache(self, timeout: float | None = None, key: str | None = None) -> Any:
+        """Serve this queryset's results from Redis.
+
+        ``timeout``: seconds an entry lives (default: the model's entry in
+        ``PERFKIT["CACHE"]["MODELS"]``, else ``DEFAULT_TIMEOUT``). ``key``: name
+        the entry yourself instead of hashing the SQL (saves compiling the query
+        on a hit; the name must identify the query, parameters included).
+        """
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        ):
+            raise ValueError(f".cache(timeout={timeout!r}): give a number of seconds > 0")
+        if key is not None and (not isinstance(key, str) or not key or any(c in key for c in "\n{}")):
+            raise ValueError(f".cache(key={key!r}): give a non-empty string without braces")
+        if self.query.select_for_update:
+            raise TypeError(
+                ".cache() on a select_for_update() queryset: locked rows must come from the "
+                "database; drop .cache() or select_for_update()"
+            )
+        clone = self._chain()
+        clone._perfkit_cache = _Options(timeout, key)
+        return clone
+
+    def nocache(self) -> Any:
+        """Opt this queryset out (also out of ``PERFKIT["CACHE"]["MODELS"]``)."""
+        clone = self._chain()
+        clone._perfkit_cache = _OFF
+        return clone
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def _clone(self) -> Any:
+        clone = super()._clone()  # type: ignore[misc]
+        clone._perfkit_cache = self._perfkit_cache
+        return clone
+
+    def _perfkit_lookup(self, kind: str, extra: str = "") -> entries.Lookup | None:
+        """Where this evaluation's entry lives, or ``None`` to run it uncached."""
+        options = self._perfkit_cache
+        if options == _OFF:
+            return None
+        settings = get_settings()
+        cache_settings = settings.cache
+        if not settings.enabled or not cache_settings.enabled:
+            return None
+        if options is None:
+            model_timeout = cache_settings.models.get(self.model._meta.label_lower)
+            if model_timeout is None:
+                return None
+            options = _Options(model_timeout, None)
+        assert isinstance(options, _Options)
+        if self._for_write or self.query.select_for_update:
+            return None
+        alias = self.db
+        connection = connections[alias]
+        dirty = dirty_tables(connection) if connection.in_atomic_block else None
+        if not ready_for_reads(alias):
+            return None
+        tokens = tokens_for(alias)
+        sql_params: tuple[str, tuple[Any, ...]] | None = None
+        if options.key is None or dirty:
+            try:
+                sql_params = analysis.query_sql(self)
+            except EmptyResultSet:
+                return None
+            if dirty and ("*" in dirty or analysis.tables_in(sql_params[0]) & dirty):
+                return None
+            if dirty and self.model._meta.db_table in dirty:
+                return None
+        if options.key is not None:
+            name = f"k:{options.key}:{kind}:{extra}"
+        else:
+            assert sql_params is not None
+            name = analysis.entry_name(self, kind, extra, *sql_params)
+        timeout = options.timeout or cache_settings.default_timeout
+        return entries.Lookup(
+            alias=alias,
+            entry=tokens.key("q", name),
+            lock=tokens.key("l", name),
+            timeout=float(timeout),
+            kind=kind,
+            settings=cache_settings,
+            make_plan=functools.partial(self._perfkit_plan, sql_params),
+        )
+
+    def _perfkit_plan(self, sql_params: tuple[str, tuple[Any, ...]] | None) -> Any:
+        if sql_params is None:
+            try:
+                sql_params = analysis.query_sql(self)
+            except EmptyResultSet:
+                return None
+        return analysis.plan(self, sql_params[0], tokens_for(self.db))
+
+    def _perfkit_rows(self) -> list[Any]:
+        rows = list(self._iterable_class(self))
+        self._result_cache = rows
+        if self._prefetch_related_lookups and not self._prefetch_done:
+            self._prefetch_related_objects()
+        return rows
+
+    def _fetch_all(self) -> None:
+        if self._result_cache is None:
+            lookup = self._perfkit_lookup("rows")
+            if lookup is not None:
+                self._result_cache = entries.get(lookup, self._perfkit_rows)
+                self._prefetch_done = True
+                return
+        super()._fetch_all()  # type: ignore[misc]
+
+    def count(self) -> int:
+        if self._result_cache is None:
+            lookup = self._perfkit_lookup("count")
+            if lookup is not None:
+                return int(entries.get(lookup, super().count))
+        return super().count()  # type: ignore[misc, no-any-return]
+
+    def exists(self) -> bool:
+        if self._result_cache is None:
+            lookup = self._perfkit_lookup("exists")
+            if lookup is not None:
+                return bool(entries.get(lookup, super().exists))
+        return super().exists()  # type: ignore[misc, no-any-return]
+
+    def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        lookup = self._perfkit_lookup("aggregate", _aggregate_extra(args, kwargs))
+        if lookup is not None:
+            compute = functools.partial(super().aggregate, *args, **kwargs)
+            return entries.get(lookup, compute)  # type: ignore[no-any-return]
+        return super().aggregate(*args, **kwargs)  # type: ignore[misc, no-any-return]
+
+    # -- async: Redis on the event loop, the query (on a miss) in a thread -------------
+
+    async def _perfkit_alookup(self, kind: str, extra: str = "") -> entries.Lookup | None:
+        try:
+            return self._perfkit_lookup(kind, extra)
+        except SynchronousOnlyOperation:
+            # Compiling needed the database (a backend's first version query).
+            return await sync_to_async(self._perfkit_lookup)(kind, extra)
+
+    async def _perfkit_afetch_all(self) -> None:
+        if self._result_cache is None:
+            lookup = await self._perfkit_alookup("rows")
+            if lookup is not None:
+                self._result_cache = await entries.aget(lookup, sync_to_async(self._perfkit_rows))
+                self._prefetch_done = True
+                return
+        await sync_to_async(self._fetch_all)()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        async def generator() -> AsyncIterator[Any]:
+            await self._perfkit_afetch_all()
+            for item in self._result_cache:  # type: ignore[union-attr]
+                yield item
+
+        return generator()
+
+    async def aget(self, *args: Any, **kwargs: Any) -> Any:
+        """``get()`` with the lookup on the event loop (Django's own hops to a thread)."""
+        if self.query.combinator and (args or kwargs):
+            return await super().aget(*args, **kwargs)  # type: ignore[misc]
+        clone = self._chain() if self.query.combinator else self.filter(*args, **kwargs)
+        if self.query.can_filter() and not self.query.distinct_fields:
+            clone = clone.order_by()
+        if not clone.query.select_for_update:
+            clone.query.set_limits(high=MAX_GET_RESULTS)
+        await clone._perfkit_afetch_all()
+        rows = clone._result_cache
+        if len(rows) == 1:
+            return rows[0]
+        if not rows:
+            raise self.model.DoesNotExist(
+                f"{self.model._meta.object_name} matching query does not exist."
+            )
+        raise self.model.MultipleObjectsReturned(
+            "get() returned more than one {} -- it returned {}!".format(
+                self.model._meta.object_name,
+                len(rows) if len(rows) < MAX_GET_RESULTS else f"more than {MAX_GET_RESULTS - 1}",
+            )
+        )
+
+    async def acount(self) -> int:
+        if self._result_cache is None:
+            lookup = await self._perfkit_alookup("count")
+            if lookup is not None:
+                return int(await entries.aget(lookup, sync_to_async(super().count)))
+        return await super().acount()  # type: ignore[misc, no-any-return]
+
+    async def aexists(self) -> bool:
+        if self._result_cache is None:
+            lookup = await self._perfkit_alookup("exists")
+            if lookup is not None:
+                return bool(await entries.aget(lookup, sync_to_async(super().exists)))
+        return await super().aexists()  # type: ignore[misc, no-any-return]
+
+    async def aaggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        lookup = await self._perfkit_alookup("aggregate", _aggregate_extra(args, kwargs))
+        if lookup is not None:
+            compute = sync_to_async(functools.partial(super().aggregate, *args, **kwargs))
+            return await entries.aget(lookup, compute)  # type: ignore[no-any-return]
+        return await super().aaggregate(*args, **kwargs)  # type: ignore[misc, no-any-return]
+
+
+def _aggregate_extra(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    return repr(args) + repr(sorted(kwargs.items()))
+
+
+class CachedQuerySet(CachedQuerySetMixin, models.QuerySet[M], Generic[M]):  # type: ignore[misc]
+    """A ``QuerySet`` with ``.cache()``."""
+
+
+class CachedManager(models.Manager.from_queryset(CachedQuerySet)):  # type: ignore[misc]
+    """A manager whose querysets have ``.cache()``: ``objects = CachedManager()``."""

@@ -1,0 +1,223 @@
+"""Version tokens: Redis counters that say "this data has changed".
+
+An entry cached by ``.cache()`` (and, later, by cache on write) records the
+tokens it was computed under, with their values. It is valid while every one of
+them still has that value; a write bumps the tokens of what it changed, and the
+entries that depended on them stop matching. Nothing is deleted, nothing is
+scanned, and no clock is involved: tokens are counters.
+
+The tokens of one database alias (every key shares the hash tag
+``{v:<alias>}``, so one Lua script can read them all, also on Redis Cluster):
+
+=====================  ===================================================
+``epoch``              every entry of the alias depends on it; bumped by
+                       :func:`invalidate_all`, by migrations, by writes perfkit
+                       cannot attribute to a table, and after an outage
+``t:<table>``          every entry that reads the table; bumped by writes that
+                       may touch any row (``UPDATE ... WHERE status = ...``)
+``s:<table>``          entries that read the table without a finer condition
+                       (lists, counts); bumped by every write to the table
+``f:<table>:<col>:v``  entries filtered on ``col = v`` (a primary key or a
+                       foreign key) and the rows in a filtered list; bumped
+                       when a write gives a row that value, or touches that row
+``g:<table>:<col>``    every entry filtered on ``col``; bumped when a row
+                       changes and its ``col`` is not known
+=====================  ===================================================
+
+Eviction and expiry are safe: a token that is missing is created with a random
+start value, never 0 or 1, so an entry that depended on an evicted token never
+matches again. Tokens expire after ``TOKEN_TTL`` (at least twice the longest
+entry timeout); an expired token only costs misses.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from django_perfkit.redis import LuaScript, get_gateway
+
+__all__ = [
+    "BUMP",
+    "Tokens",
+    "abump",
+    "bump",
+    "init_seed",
+    "mark_missed",
+    "ready_for_reads",
+    "tokens_for",
+]
+
+#: Bump each key: ``INCR`` if it exists, else start it at a random value.
+#: ARGV: seed, token TTL in ms.
+BUMP = LuaScript(
+    """
+local seed = ARGV[1]
+local ttl = tonumber(ARGV[2])
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('INCR', KEYS[i])
+  else
+    redis.call('SET', KEYS[i], seed .. i, 'PX', ttl)
+  end
+end
+return #KEYS
+""",
+    name="versions.bump",
+)
+
+
+def init_seed() -> str:
+    """A random decimal start for tokens created now (12 digits, then the key's index)."""
+    return str(100_000_000_000 + secrets.randbelow(899_999_999_999))
+
+
+class Tokens:
+    """Key names of the version tokens of one database alias."""
+
+    __slots__ = ("alias", "base", "epoch")
+
+    def __init__(self, prefix: str, alias: str) -> None:
+        self.alias = alias
+        self.base = f"{prefix}:{{v:{alias}}}:"
+        self.epoch = self.base + "epoch"
+
+    def table(self, table: str) -> str:
+        return f"{self.base}t:{table}"
+
+    def scan(self, table: str) -> str:
+        return f"{self.base}s:{table}"
+
+    def value(self, table: str, column: str, value: Any) -> str:
+        return f"{self.base}f:{table}:{column}:{token_value(value)}"
+
+    def generation(self, table: str, column: str) -> str:
+        return f"{self.base}g:{table}:{column}"
+
+    def key(self, kind: str, name: str) -> str:
+        """Another key in the alias's slot (cache entries ``q:``, locks ``l:``)."""
+        return f"{self.base}{kind}:{name}"
+
+
+def token_value(value: Any) -> str:
+    """A key-safe spelling of a column value (an int as itself, anything else hashed)."""
+    if type(value) is int:
+        return str(value)
+    import hashlib
+
+    text = f"{type(value).__name__}:{value}"
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+_tokens: dict[tuple[str, str], Tokens] = {}
+
+
+def tokens_for(alias: str) -> Tokens:
+    gateway = get_gateway()
+    key = (gateway.prefix, alias)
+    tokens = _tokens.get(key)
+    if tokens is None:
+        tokens = _tokens[key] = Tokens(gateway.prefix, alias)
+    return tokens
+
+
+# -- writes that could not be announced ----------------------------------------
+
+_lock = threading.Lock()
+#: Aliases whose epoch must be bumped before their cache entries may be used again.
+_missed: set[str] = set()
+#: The breaker's ``times_opened`` when the cache last looked.
+_breaker_opens_seen = 0
+
+
+def mark_missed(alias: str) -> None:
+    """A bump for ``alias`` did not reach Redis: distrust its entries until the epoch moves."""
+    with _lock:
+        _missed.add(alias)
+
+
+def _all_aliases() -> list[str]:
+    from django.conf import settings
+
+    return list(getattr(settings, "DATABASES", {}) or ["default"])
+
+
+def _pending(gateway: Any) -> set[str]:
+    global _breaker_opens_seen
+    opens = gateway.breaker.times_opened
+    if opens != _breaker_opens_seen:
+        # Redis was out long enough to open the breaker. Another process may
+        # have written meanwhile and failed to bump: start from a new epoch.
+        with _lock:
+            _breaker_opens_seen = opens
+            _missed.update(_all_aliases())
+    return _missed
+
+
+def ready_for_reads(alias: str) -> bool:
+    """May entries of ``alias`` be read? False until a missed invalidation is made good.
+
+    Costs an attribute read when nothing was missed (the hit path); otherwise
+    tries to bump the epoch once, through the gateway and its breaker.
+    """
+    gateway = get_gateway()
+    pending = _pending(gateway)
+    if not pending:
+        return True
+    aliases = sorted(pending)
+    if _bump_epochs(gateway, aliases):
+        with _lock:
+            _missed.difference_update(aliases)
+        return True
+    return False
+
+
+def _bump_epochs(gateway: Any, aliases: Iterable[str]) -> bool:
+    from django_perfkit.conf import get_settings
+
+    ttl = get_settings().cache.token_ttl * 1000
+    ok = True
+    for alias in aliases:
+        keys = [tokens_for(alias).epoch]
+        done = gateway.run_script(BUMP, keys, [init_seed(), ttl], None)
+        ok = ok and done is not None
+    return ok
+
+
+def _ttl_ms() -> int:
+    from django_perfkit.conf import get_settings
+
+    return get_settings().cache.token_ttl * 1000
+
+
+def bump(alias: str, keys: Sequence[str]) -> bool:
+    """Bump ``keys`` (tokens of ``alias``) in one round trip; remember a failure."""
+    if not keys:
+        return True
+    done = get_gateway().run_script(BUMP, list(keys), [init_seed(), _ttl_ms()], None)
+    if done is None:
+        mark_missed(alias)
+        return False
+    return True
+
+
+async def abump(alias: str, keys: Sequence[str]) -> bool:
+    """The async form of :func:`bump`."""
+    if not keys:
+        return True
+    done = await get_gateway().arun_script(BUMP, list(keys), [init_seed(), _ttl_ms()], None)
+    if done is None:
+        mark_missed(alias)
+        return False
+    return True
+
+
+def reset_state() -> None:
+    """Forget missed invalidations and cached key names (tests, settings changes)."""
+    global _breaker_opens_seen
+    with _lock:
+        _missed.clear()
+        _tokens.clear()
+        _breaker_opens_seen = 0

@@ -1,0 +1,427 @@
+"""The write watcher: every statement that changes data bumps version tokens.
+
+It is an execute wrapper, like the query collector, so it sees every write
+whatever made it: ``save()``, ``delete()``, ``QuerySet.update()`` and
+``.delete()``, ``bulk_create``, ``bulk_update``, many-to-many changes (rows of
+the through table), ``update_or_create``, raw SQL through a Django cursor, and
+migrations. Signals would miss half of these.
+
+How fine the bump is depends on what the statement says (see
+:mod:`.tokens` for the token kinds):
+
+* ``UPDATE t SET ... WHERE t.pk = %s`` (``save()``, ``filter(pk=...).update()``)
+  and ``DELETE FROM t WHERE t.pk IN (...)`` (``delete()``): the rows are known.
+  Their ``f:t:pk:<pk>`` tokens and ``s:t`` are bumped; for each foreign key the
+  statement sets, ``f:t:<fk>:<new value>`` (rows that join that list); for a
+  foreign key it does not set, ``g:t:<fk>`` (its value is unknown, so every
+  list filtered on it goes).
+* ``INSERT INTO t (...) VALUES (...)``: ``s:t`` and the new rows' foreign-key
+  and primary-key values.
+* any other write to ``t`` (a bulk ``UPDATE``, ``TRUNCATE``, DDL): ``t:t``,
+  which every entry that read ``t`` depends on.
+* a write whose table cannot be read off the statement (a ``WITH`` that
+  modifies, a procedure call): the alias's ``epoch``.
+
+When is the bump sent? Outside a transaction, right after the statement, in
+one round trip: ``save()`` has not returned yet, so no reader can see the new
+row and then a stale entry. Inside ``atomic()``, at commit
+(``transaction.on_commit``): a rollback bumps nothing because nothing changed,
+and until the commit the tables the transaction wrote are "dirty" for that
+connection: its reads of them neither use nor fill the cache.
+
+A write that could not reach Redis is remembered (:func:`.tokens.mark_missed`)
+and the alias's cache is not read again until its epoch has been bumped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from django_perfkit.versions.tokens import Tokens, bump, tokens_for
+
+__all__ = ["WriteWatcher", "dirty_tables", "install", "watcher", "write_keys"]
+
+# Statements that never write, by their first word.
+_READ_ONLY = frozenset(
+    {
+        "SELECT",
+        "SAVEPOINT",
+        "RELEASE",
+        "ROLLBACK",
+        "BEGIN",
+        "COMMIT",
+        "START",
+        "SET",
+        "SHOW",
+        "EXPLAIN",
+        "PRAGMA",
+        "LOCK",
+        "DECLARE",
+        "FETCH",
+        "CLOSE",
+        "VALUES",
+        "RESET",
+        "DISCARD",
+        "LISTEN",
+        "NOTIFY",
+        "ANALYZE",
+        "VACUUM",
+    }
+)
+_FIRST_WORD = re.compile(r"\s*(?:/\*.*?\*/\s*|--[^\n]*\n\s*)*([A-Za-z]+)", re.S)
+_NAME = r'[`"]?([^`"\s(),]+)[`"]?'
+_INSERT = re.compile(
+    rf"\s*INSERT\s+(?:OR\s+\w+\s+)?INTO\s+{_NAME}\s*\(([^()]*)\)\s*VALUES\s*(.*)", re.S | re.I
+)
+_UPDATE = re.compile(rf"\s*UPDATE\s+{_NAME}\s+SET\s+(.*?)\s+WHERE\s+(.*)", re.S | re.I)
+_UPDATE_ALL = re.compile(rf"\s*UPDATE\s+{_NAME}", re.I)
+_DELETE = re.compile(rf"\s*DELETE\s+FROM\s+{_NAME}(?:\s+WHERE\s+(.*))?\s*$", re.S | re.I)
+_TABLE_AFTER = re.compile(
+    rf"\s*(?:TRUNCATE(?:\s+TABLE)?|ALTER\s+TABLE(?:\s+IF\s+EXISTS)?(?:\s+ONLY)?"
+    rf"|DROP\s+TABLE(?:\s+IF\s+EXISTS)?|CREATE\s+(?:UNIQUE\s+)?INDEX.*?\s+ON"
+    rf"|COPY|REPLACE\s+INTO|MERGE\s+INTO|DROP\s+INDEX.*?\s+ON)\s+{_NAME}",
+    re.S | re.I,
+)
+_INSERT_OR = re.compile(r"\s*INSERT\s+OR\s", re.I)
+_ROWS = re.compile(r"\(([^()]*)\)")
+_COLUMN = re.compile(r'[`"]?([^`"\s,]+)[`"]?')
+
+
+class TableInfo:
+    """What the watcher needs of a model's table: its primary key and foreign keys."""
+
+    __slots__ = ("pk", "fks")
+
+    def __init__(self, pk: str, fks: tuple[str, ...]) -> None:
+        self.pk = pk
+        self.fks = fks
+
+
+_tables: dict[str, TableInfo] | None = None
+
+
+def table_info(table: str) -> TableInfo | None:
+    """The primary key and foreign-key columns of a model table (None for other tables)."""
+    global _tables
+    if _tables is None:
+        from django.apps import apps
+
+        found: dict[str, TableInfo] = {}
+        for model in apps.get_models(include_auto_created=True):
+            meta = model._meta
+            if meta.proxy or not meta.managed and meta.db_table in found:
+                continue
+            fks = tuple(
+                field.column
+                for field in meta.concrete_fields
+                if field.is_relation and (field.many_to_one or field.one_to_one)
+            )
+            found[meta.db_table] = TableInfo(meta.pk.column, fks)  # type: ignore[union-attr]
+        _tables = found
+    return _tables.get(table)
+
+
+def _unquote(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts: list[str] = []
+    depth = 0
+    start = 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return parts
+
+
+def _pk_values(where: str, table: str, info: TableInfo, params: list[Any]) -> list[Any] | None:
+    """The rows of ``WHERE t.pk = %s`` / ``WHERE t.pk IN (%s, ...)`` (the last params)."""
+    where = where.strip()
+    m = re.fullmatch(
+        rf'(?:[`"]?{re.escape(table)}[`"]?\.)?[`"]?{re.escape(info.pk)}[`"]?\s*'
+        r"(=\s*%s|IN\s*\(\s*%s(?:\s*,\s*%s)*\s*\))",
+        where,
+        re.I,
+    )
+    if m is None:
+        return None
+    count = m.group(1).count("%s")
+    if count > len(params):
+        return None
+    return params[len(params) - count :]
+
+
+def write_keys(
+    tokens: Tokens, sql: str, params: Any, many: bool
+) -> list[str] | None:  # noqa: C901 (one parser, one place)
+    """The tokens a statement bumps; ``[]`` for a statement that writes nothing.
+
+    ``None`` means "cannot tell which table": bump the alias's epoch.
+    """
+    m = _FIRST_WORD.match(sql)
+    if m is None:
+        return None
+    word = m.group(1).upper()
+    if word in _READ_ONLY:
+        return []
+    if word == "WITH":
+        upper = sql.upper()
+        if not any(w in upper for w in ("INSERT ", "UPDATE ", "DELETE ", "MERGE ")):
+            return []
+        return None
+    plist: list[Any] | None
+    if many or params is None:
+        plist = None if many else []
+    elif isinstance(params, (list, tuple)):
+        plist = list(params)
+    else:
+        plist = None  # named parameters: no positional reading
+    if word == "INSERT":
+        mi = None if _INSERT_OR.match(sql) else _INSERT.match(sql)
+        if mi is None:
+            return _coarse(tokens, sql)
+        table = _unquote(mi.group(1))
+        return _insert_keys(tokens, table, mi.group(2), mi.group(3), plist)
+    if word == "UPDATE":
+        mu = _UPDATE.match(sql)
+        if mu is None:
+            return _coarse(tokens, sql)
+        table = _unquote(mu.group(1))
+        return _update_keys(tokens, table, mu.group(2), mu.group(3), plist)
+    if word == "DELETE":
+        md = _DELETE.match(sql)
+        if md is None:
+            return _coarse(tokens, sql)
+        table = _unquote(md.group(1))
+        info = table_info(table)
+        where = md.group(2)
+        if info is None or where is None or plist is None:
+            return [tokens.table(table)]
+        pks = _pk_values(where, table, info, plist)
+        if pks is None:
+            return [tokens.table(table)]
+        return [tokens.scan(table), *(tokens.value(table, info.pk, pk) for pk in pks)]
+    return _coarse(tokens, sql)
+
+
+def _coarse(tokens: Tokens, sql: str) -> list[str] | None:
+    m = _TABLE_AFTER.match(sql) or _UPDATE_ALL.match(sql)
+    if m is None:
+        return None
+    return [tokens.table(_unquote(m.group(1)))]
+
+
+def _insert_keys(
+    tokens: Tokens, table: str, columns: str, values: str, params: list[Any] | None
+) -> list[str]:
+    info = table_info(table)
+    if info is None or params is None:
+        return [tokens.table(table)]
+    names = [_unquote(c) for c in _COLUMN.findall(columns)]
+    # VALUES (...), (...) [RETURNING ...]; anything else (PostgreSQL's UNNEST
+    # form of bulk_create, INSERT ... SELECT) is a coarse write.
+    body = values.split(" RETURNING ")[0].strip()
+    if " ON CONFLICT" in body.upper() or " ON DUPLICATE" in body.upper():
+        return [tokens.table(table)]
+    rows = _ROWS.findall(body)
+    if not rows or _ROWS.sub("", body).replace(",", "").strip():
+        return [tokens.table(table)]
+    keys = [tokens.scan(table)]
+    position = 0
+    watched = {info.pk, *info.fks}
+    for row in rows:
+        cells = [c.strip() for c in row.split(",")]
+        if len(cells) != len(names):
+            return [tokens.table(table)]
+        for name, cell in zip(names, cells, strict=True):
+            if cell == "%s":
+                if position >= len(params):
+                    return [tokens.table(table)]
+                value = params[position]
+                position += 1
+                if name in watched and value is not None:
+                    keys.append(tokens.value(table, name, value))
+            elif "%s" in cell:
+                return [tokens.table(table)]
+            elif name in info.fks and cell.upper() != "NULL":
+                keys.append(tokens.generation(table, name))
+    if position != len(params):
+        return [tokens.table(table)]
+    for fk in info.fks:
+        if fk not in names:
+            keys.append(tokens.generation(table, fk))
+    return keys
+
+
+def _update_keys(
+    tokens: Tokens, table: str, assignments: str, where: str, params: list[Any] | None
+) -> list[str]:
+    info = table_info(table)
+    if info is None or params is None:
+        return [tokens.table(table)]
+    pks = _pk_values(where, table, info, params)
+    if pks is None:
+        return [tokens.table(table)]
+    keys = [tokens.scan(table), *(tokens.value(table, info.pk, pk) for pk in pks)]
+    set_params = params[: len(params) - len(pks)]
+    if assignments.count("%s") != len(set_params):
+        return [tokens.table(table)]
+    position = 0
+    assigned: dict[str, str] = {}
+    for part in _split_top_level(assignments):
+        name, _, value = part.partition("=")
+        column = _unquote(name.strip().strip('`"'))
+        value = value.strip()
+        if value == "%s":
+            assigned[column] = "%s"
+            if column in info.fks:
+                fk_value = set_params[position]
+                if fk_value is not None:
+                    keys.append(tokens.value(table, column, fk_value))
+        else:
+            assigned[column] = value
+            if column in info.fks and value.upper() != "NULL":
+                keys.append(tokens.generation(table, column))
+        position += value.count("%s")
+    if info.pk in assigned:
+        # A primary key that changes: its old and new rows are both affected.
+        return [tokens.table(table)]
+    for fk in info.fks:
+        if fk not in assigned:
+            keys.append(tokens.generation(table, fk))
+    return keys
+
+
+# -- transactions ---------------------------------------------------------------
+
+
+class _Pending:
+    """The tokens a transaction's writes will bump when it commits, and their tables."""
+
+    __slots__ = ("alias", "keys", "sids", "tables")
+
+    def __init__(self, alias: str, sids: tuple[str, ...]) -> None:
+        self.alias = alias
+        self.keys: dict[str, None] = {}
+        self.sids = sids
+        self.tables: set[str] = set()
+
+    def __call__(self) -> None:
+        bump(self.alias, list(self.keys))
+
+
+def dirty_tables(connection: BaseDatabaseWrapper) -> set[str]:
+    """Tables written by the connection's open transaction (``"*"``: unknown ones).
+
+    Read off the pending bumps in ``connection.run_on_commit``, which Django
+    itself empties on commit and rollback and trims on a savepoint rollback, so
+    this is exact without perfkit tracking transactions.
+    """
+    tables: set[str] = set()
+    for _sids, func, _robust in connection.run_on_commit:
+        if isinstance(func, _Pending):
+            tables |= func.tables
+    return tables
+
+
+def _defer(
+    connection: BaseDatabaseWrapper, tokens: Tokens, keys: list[str], tables: set[str]
+) -> None:
+    sids = tuple(connection.savepoint_ids)
+    hooks = connection.run_on_commit
+    # One bump per transaction, not one per statement: extend the last pending
+    # bump when it was registered at the same savepoint level (so that a
+    # rollback to a savepoint drops exactly the bumps made inside it).
+    if hooks:
+        _last_sids, last_func, _robust = hooks[-1]
+        if isinstance(last_func, _Pending) and last_func.sids == sids:
+            last_func.keys.update(dict.fromkeys(keys))
+            last_func.tables |= tables
+            return
+    pending = _Pending(tokens.alias, sids)
+    pending.keys.update(dict.fromkeys(keys))
+    pending.tables |= tables
+    connection.on_commit(pending, robust=True)
+
+
+#: Tables read while a cache entry is being computed (see the ``cache`` package).
+reading: ContextVar[set[str] | None] = ContextVar("perfkit_tables_read", default=None)
+_FROM = re.compile(r'(?:FROM|JOIN)\s+[`"]([^`"]+)[`"]', re.I)
+
+
+def _table_of(tokens: Tokens, key: str) -> str:
+    # "<base>t:news_article", "<base>f:news_article:id:3", ...
+    return key[len(tokens.base) :].split(":", 2)[1]
+
+
+class WriteWatcher:
+    """The execute wrapper. One instance serves every connection."""
+
+    def __call__(
+        self,
+        execute: Callable[..., Any],
+        sql: str,
+        params: Any,
+        many: bool,
+        context: dict[str, Any],
+    ) -> Any:
+        if sql.startswith("SELECT"):
+            seen = reading.get()
+            if seen is not None:
+                seen.update(_FROM.findall(sql))
+            return execute(sql, params, many, context)
+        result = execute(sql, params, many, context)
+        connection = context["connection"]
+        tokens = tokens_for(connection.alias)
+        try:
+            keys = write_keys(tokens, sql, params, many)
+        except Exception:  # a parser bug must not fail the write: bump coarsely
+            keys = None
+        if keys == []:
+            seen_reads = reading.get()
+            if seen_reads is not None:
+                seen_reads.update(_FROM.findall(sql))
+            return result
+        seen = reading.get()
+        if seen is not None:
+            seen.add("*")  # a write while computing an entry: never store it
+        if connection.in_atomic_block:
+            if keys is None:
+                _defer(connection, tokens, [tokens.epoch], {"*"})
+            else:
+                _defer(connection, tokens, keys, {_table_of(tokens, key) for key in keys})
+        else:
+            bump(tokens.alias, keys if keys is not None else [tokens.epoch])
+        return result
+
+
+watcher = WriteWatcher()
+
+
+def install(connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+    """Put the watcher on one connection (idempotent). A ``connection_created`` receiver."""
+    if watcher not in connection.execute_wrappers:
+        connection.execute_wrappers.append(watcher)
+
+
+def install_on_all_connections() -> None:
+    for connection in connections.all(initialized_only=True):
+        install(connection)
+
+
+def reset_state() -> None:
+    global _tables
+    _tables = None

@@ -1,0 +1,481 @@
+"""Queryset ``.cache()``: what is cached, what every write path invalidates, transactions."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from django.db import connection, connections, transaction
+from django.db.models import Count, F, Max, Prefetch
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+from model_bakery import baker
+
+from django_perfkit.cache import (
+    CachedQuerySet,
+    ainvalidate_all,
+    invalidate,
+    invalidate_all,
+)
+from django_perfkit.cache import entries
+from django_perfkit.record import record_request
+from django_perfkit.redis import get_gateway
+from django_perfkit.reporters.server_timing import build_header
+from testproject.news.models import Article, Author, Category, Comment, Tag
+from tests.settings import KEY_PREFIX
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@contextmanager
+def queries(using: str = "default") -> Iterator[CaptureQueriesContext]:
+    with CaptureQueriesContext(connections[using]) as ctx:
+        yield ctx
+
+
+@pytest.fixture
+def world() -> dict[str, object]:
+    news, sport = baker.make(Category, _quantity=2)
+    author = baker.make(Author)
+    tags = baker.make(Tag, _quantity=2)
+    articles = baker.make(Article, category=news, author=author, _quantity=3)
+    others = baker.make(Article, category=sport, author=author, _quantity=2)
+    articles[0].tags.set(tags)
+    return {"news": news, "sport": sport, "author": author, "articles": articles, "others": others}
+
+
+def news_list(world: dict[str, object]) -> list[Article]:
+    return list(Article.objects.filter(category=world["news"]).select_related("author").cache())
+
+
+# -- what is cached -------------------------------------------------------------------
+
+
+def test_second_evaluation_runs_no_query_and_returns_equal_rows(world: dict) -> None:
+    first = news_list(world)
+    with queries() as q, record_request() as record:
+        second = news_list(world)
+    assert len(q) == 0
+    assert [a.pk for a in second] == [a.pk for a in first]
+    assert [a.author.name for a in second] == [a.author.name for a in first]
+    assert (record.cache.hits, record.cache.misses) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    "evaluate",
+    [
+        pytest.param(lambda qs, w: qs.get(pk=w["articles"][1].pk).title, id="get"),
+        pytest.param(lambda qs, w: qs.order_by("pk").first().pk, id="first"),
+        pytest.param(lambda qs, w: qs.order_by("pk").last().pk, id="last"),
+        pytest.param(lambda qs, w: qs.count(), id="count"),
+        pytest.param(lambda qs, w: qs.filter(category=w["news"]).exists(), id="exists"),
+        pytest.param(lambda qs, w: qs.aggregate(top=Max("view_count"), n=Count("pk")), id="agg"),
+        pytest.param(lambda qs, w: list(qs.values("pk", "title").order_by("pk")), id="values"),
+        pytest.param(lambda qs, w: list(qs.values_list("pk", flat=True)), id="values_list"),
+        pytest.param(lambda qs, w: sorted(qs.in_bulk()), id="in_bulk"),
+        pytest.param(lambda qs, w: [a.pk for a in qs.order_by("pk")[1:3]], id="slice"),
+        pytest.param(lambda qs, w: len(qs), id="len"),
+    ],
+)
+def test_every_evaluation_is_served_from_the_cache(world: dict, evaluate) -> None:
+    queryset = Article.objects.cache()
+    expected = evaluate(queryset, world)
+    with queries() as q:
+        again = evaluate(Article.objects.cache(), world)
+    assert again == expected
+    assert len(q) == 0, [x["sql"] for x in q.captured_queries]
+
+
+def test_prefetch_queries_are_cached_too(world: dict) -> None:
+    def evaluate() -> list[tuple[int, list[str]]]:
+        qs = Article.objects.order_by("pk").prefetch_related("tags").cache()
+        return [(a.pk, [t.name for t in a.tags.all()]) for a in qs]
+
+    expected = evaluate()
+    with queries() as q:
+        assert evaluate() == expected
+    assert len(q) == 0
+    # The prefetched table is a dependency: changing a tag invalidates.
+    tag = world["articles"][0].tags.first()
+    tag.name = "renamed"
+    tag.save()
+    assert "renamed" in str(evaluate())
+
+
+def test_prefetch_with_a_queryset_is_cached_and_invalidated(world: dict) -> None:
+    def evaluate() -> dict[int, list[int]]:
+        per_category = Article.objects.order_by("pk")
+        qs = Category.objects.prefetch_related(
+            Prefetch("articles", queryset=per_category, to_attr="latest")
+        ).cache()
+        return {c.pk: [a.pk for a in c.latest] for c in qs}
+
+    expected = evaluate()
+    with queries() as q:
+        assert evaluate() == expected
+    assert len(q) == 0
+    new = baker.make(Article, category=world["news"], author=world["author"])
+    assert new.pk in evaluate()[world["news"].pk]
+
+
+def test_nocache_and_uncached_querysets_always_query(world: dict) -> None:
+    news_list(world)
+    with queries() as q:
+        list(Article.objects.filter(category=world["news"]).select_related("author").nocache())
+        list(Article.objects.filter(category=world["news"]).select_related("author"))
+        list(Article.objects.filter(category=world["news"]).cache().iterator())
+    assert len(q) == 3
+
+
+def test_models_setting_opts_a_model_in_and_nocache_opts_out(world: dict) -> None:
+    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "CACHE": {"MODELS": {"news.Category": 60}}}):
+        list(Category.objects.all())
+        with queries() as q:
+            list(Category.objects.all())
+        assert len(q) == 0
+        with queries() as q:
+            list(Category.objects.nocache())
+            list(Article.objects.all())  # not listed: uncached
+        assert len(q) == 2
+
+
+def test_disabled_cache_runs_every_query(world: dict) -> None:
+    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "CACHE": {"ENABLED": False}}):
+        news_list(world)
+        with queries() as q:
+            news_list(world)
+        assert len(q) == 1
+
+
+def test_empty_result_sets_are_not_cached_and_return_empty() -> None:
+    with queries() as q:
+        assert list(Article.objects.filter(pk__in=[]).cache()) == []
+    assert len(q) == 0  # Django knows without asking the database
+
+
+def test_get_does_not_exist_is_cached_until_the_row_appears(world: dict) -> None:
+    missing = max(a.pk for a in Article.objects.all()) + 100
+    with pytest.raises(Article.DoesNotExist):
+        Article.objects.cache().get(pk=missing)
+    with queries() as q, pytest.raises(Article.DoesNotExist):
+        Article.objects.cache().get(pk=missing)
+    assert len(q) == 0
+    baker.make(Article, pk=missing, category=world["news"], author=world["author"])
+    assert Article.objects.cache().get(pk=missing).pk == missing
+    # An insert with an id chosen by the database is caught by the scan token.
+    baker.make(Article, category=world["news"], author=world["author"])
+    nxt = max(a.pk for a in Article.objects.all())
+    assert Article.objects.cache().get(pk=nxt).pk == nxt
+
+
+def test_server_timing_reports_cache_hits_and_misses(world: dict) -> None:
+    with record_request() as record:
+        news_list(world)
+        news_list(world)
+    header = build_header(record)
+    assert 'cache;dur=' in header
+    assert 'desc="1 hit, 1 miss"' in header
+
+
+# -- invalidation: every write path ----------------------------------------------------
+
+
+def _titles(world: dict) -> set[str]:
+    return {a.title for a in news_list(world)}
+
+
+WRITES = {
+    "save": lambda w: (setattr(w["articles"][0], "title", "changed"), w["articles"][0].save()),
+    "save_update_fields": lambda w: (
+        setattr(w["articles"][0], "title", "changed"),
+        w["articles"][0].save(update_fields=["title"]),
+    ),
+    "delete": lambda w: w["articles"][0].delete(),
+    "qs_update": lambda w: Article.objects.filter(category=w["news"]).update(title="changed"),
+    "qs_update_pk": lambda w: Article.objects.filter(pk=w["articles"][0].pk).update(title="changed"),
+    "qs_update_f": lambda w: Article.objects.filter(pk=w["articles"][0].pk).update(
+        view_count=F("view_count") + 1, title="changed"
+    ),
+    "qs_delete": lambda w: Article.objects.filter(pk=w["articles"][0].pk).delete(),
+    "bulk_create": lambda w: Article.objects.bulk_create(
+        [baker.prepare(Article, category=w["news"], author=w["author"], title="changed")]
+    ),
+    "bulk_update": lambda w: (
+        setattr(w["articles"][0], "title", "changed"),
+        Article.objects.bulk_update([w["articles"][0]], ["title"]),
+    ),
+    "update_or_create": lambda w: Article.objects.update_or_create(
+        pk=w["articles"][0].pk, defaults={"title": "changed"}
+    ),
+    "move_in": lambda w: (
+        setattr(w["others"][0], "category", w["news"]),
+        setattr(w["others"][0], "title", "changed"),
+        w["others"][0].save(),
+    ),
+    "author_save": lambda w: (setattr(w["author"], "name", "changed"), w["author"].save()),
+    "raw_sql": lambda w: _raw("UPDATE news_article SET title = 'changed'"),
+    "raw_sql_cte": lambda w: _raw(
+        "WITH x AS (SELECT id FROM news_article) UPDATE news_article SET title = 'changed' "
+        "WHERE id IN (SELECT id FROM x)"
+    ),
+}
+
+
+def _raw(sql: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+
+
+def _observed(world: dict) -> object:
+    rows = news_list(world)
+    return sorted((a.pk, a.title, a.author.name) for a in rows)
+
+
+def _truth(world: dict) -> object:
+    rows = Article.objects.filter(category=world["news"]).select_related("author")
+    return sorted((a.pk, a.title, a.author.name) for a in rows)
+
+
+@pytest.mark.parametrize("write", list(WRITES))
+def test_every_write_path_invalidates(world: dict, write: str) -> None:
+    before = _observed(world)
+    assert _observed(world) == before  # cached
+    WRITES[write](world)
+    assert _truth(world) != before, "the write must change the list for this test to mean anything"
+    assert _observed(world) == _truth(world)
+
+
+def test_m2m_changes_invalidate_prefetched_lists(world: dict) -> None:
+    article = world["articles"][1]
+    tag = Tag.objects.first()
+
+    def tags_of() -> list[str]:
+        qs = Article.objects.filter(pk=article.pk).prefetch_related("tags").cache()
+        return sorted(t.name for t in qs.get().tags.all())
+
+    assert tags_of() == []
+    for change, expected in (
+        (lambda: article.tags.add(tag), [tag.name]),
+        (lambda: article.tags.remove(tag), []),
+        (lambda: article.tags.set([tag]), [tag.name]),
+        (lambda: article.tags.clear(), []),
+    ):
+        tags_of()
+        change()
+        assert tags_of() == expected
+
+
+# -- grain: unrelated writes keep hits -------------------------------------------------
+
+
+def test_writes_to_other_rows_keep_a_filtered_list_cached(world: dict) -> None:
+    news_list(world)
+    other = world["others"][0]
+    other.title = "elsewhere"
+    other.save()  # another category's row: the news list is not affected
+    with queries() as q:
+        news_list(world)
+    assert len(q) == 0
+    # ...but an unfiltered list is.
+    list(Article.objects.cache())
+    other.save()
+    with queries() as q:
+        list(Article.objects.cache())
+    assert len(q) == 1
+
+
+def test_get_by_pk_survives_writes_to_other_rows(world: dict) -> None:
+    pk = world["articles"][0].pk
+    Article.objects.cache().get(pk=pk)
+    world["articles"][1].save()
+    Article.objects.filter(pk=world["articles"][2].pk).update(view_count=F("view_count") + 1)
+    with queries() as q:
+        Article.objects.cache().get(pk=pk)
+    assert len(q) == 0
+
+
+def test_a_partial_update_without_the_foreign_key_invalidates_lists_filtered_on_it(
+    world: dict,
+) -> None:
+    # The row's category is not in the UPDATE: which list it sits in is unknown,
+    # so every list filtered on category goes (a row outside a sliced list may
+    # now sort into it).
+    first = list(Article.objects.filter(category=world["news"]).order_by("-view_count")[:1].cache())
+    hidden = world["articles"][2] if first[0].pk != world["articles"][2].pk else world["articles"][1]
+    Article.objects.filter(pk=hidden.pk).update(view_count=F("view_count") + 1000)
+    again = list(Article.objects.filter(category=world["news"]).order_by("-view_count")[:1].cache())
+    assert again[0].pk == hidden.pk
+
+
+# -- explicit invalidation -------------------------------------------------------------
+
+
+def test_invalidate_model_instance_and_all(world: dict) -> None:
+    for target in (Article, world["articles"][0]):
+        news_list(world)
+        assert invalidate(target) is True
+        with queries() as q:
+            news_list(world)
+        assert len(q) == 1
+    assert invalidate_all() is True
+    with queries() as q:
+        news_list(world)
+    assert len(q) == 1
+    with pytest.raises(TypeError):
+        invalidate("news.Article")  # type: ignore[arg-type]
+
+
+async def test_ainvalidate_all() -> None:
+    assert await ainvalidate_all() is True
+
+
+# -- transactions ------------------------------------------------------------------------
+
+
+def test_inside_a_transaction_that_wrote_the_table_the_cache_is_neither_read_nor_filled(
+    world: dict,
+) -> None:
+    news_list(world)
+    with transaction.atomic():
+        with queries() as q:
+            news_list(world)  # nothing written yet: a hit
+        assert len(q) == 0
+        article = world["articles"][0]
+        article.title = "in transaction"
+        article.save()
+        with queries() as q:
+            inside = news_list(world)
+            news_list(world)
+        assert len(q) == 2  # neither served nor stored
+        assert "in transaction" in {a.title for a in inside}
+        # Another table is still served.
+        list(Category.objects.cache())
+        with queries() as q:
+            list(Category.objects.cache())
+        assert len(q) == 0
+    assert "in transaction" in _titles(world)  # invalidated at commit
+
+
+def test_a_rollback_leaves_nothing_stale(world: dict) -> None:
+    before = _titles(world)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        article = world["articles"][0]
+        article.title = "rolled back"
+        article.save()
+        news_list(world)
+        raise RuntimeError
+    assert _titles(world) == before
+    assert "rolled back" not in {a.title for a in Article.objects.all()}
+
+
+def test_savepoint_rollback_drops_only_its_own_bumps(world: dict) -> None:
+    news_list(world)
+    with transaction.atomic():
+        world["articles"][0].title = "kept"
+        world["articles"][0].save()
+        try:
+            with transaction.atomic():
+                world["articles"][1].title = "dropped"
+                world["articles"][1].save()
+                raise RuntimeError
+        except RuntimeError:
+            pass
+    titles = _titles(world)
+    assert "kept" in titles and "dropped" not in titles
+
+
+# -- the read / compute / store race ---------------------------------------------------
+
+
+def test_a_result_computed_before_a_committed_write_is_not_stored(world: dict) -> None:
+    article = world["articles"][0]
+    old_rows = list(Article.objects.filter(category=world["news"]).select_related("author"))
+
+    def write_in_another_thread() -> None:
+        def save() -> None:
+            Article.objects.filter(pk=article.pk).update(title="committed meanwhile")
+            connections.close_all()
+
+        thread = threading.Thread(target=save)
+        thread.start()
+        thread.join()
+
+    original = Article.objects.filter(category=world["news"]).select_related("author").cache()
+    lookup = original._perfkit_lookup("rows")
+    assert lookup is not None
+
+    def compute() -> list[Article]:
+        write_in_another_thread()  # the write commits after the rows were read
+        return old_rows
+
+    assert entries.get(lookup, compute) == old_rows  # this caller gets what it computed
+    # ...but nobody else does.
+    assert "committed meanwhile" in _titles(world)
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+def test_cache_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        Article.objects.cache(timeout=0)
+    with pytest.raises(ValueError, match="timeout"):
+        Article.objects.cache(timeout="5")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="key"):
+        Article.objects.cache(key="")
+    with pytest.raises(TypeError, match="select_for_update"):
+        Article.objects.select_for_update().cache()
+
+
+def test_select_for_update_after_cache_is_never_served_from_the_cache(world: dict) -> None:
+    list(Article.objects.cache())
+    with transaction.atomic(), queries() as q:
+        list(Article.objects.cache().select_for_update())
+    assert len(q) == 1
+
+
+def test_results_over_max_bytes_are_not_stored_and_counted(world: dict) -> None:
+    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "CACHE": {"MAX_BYTES": 10}}):
+        with record_request() as record:
+            news_list(world)
+            news_list(world)
+    assert record.cache.misses == 2
+    assert record.cache.skipped == 2
+
+
+def test_unpicklable_results_are_returned_not_stored(world: dict) -> None:
+    lookup = Article.objects.cache()._perfkit_lookup("rows")
+    assert lookup is not None
+    lock = threading.Lock()
+    with record_request() as record:
+        assert entries.get(lookup, lambda: [lock]) == [lock]
+    assert record.cache.skipped == 1
+    assert get_gateway().run(lambda c: c.exists(lookup.entry), None) == 0
+
+
+def test_an_explicit_key_names_the_entry(world: dict) -> None:
+    qs = Article.objects.filter(category=world["news"]).cache(key="news-list")
+    list(qs)
+    assert get_gateway().run(lambda c: len(list(c.scan_iter(match="*k:news-list*"))), 0) == 1
+    with queries() as q:
+        list(Article.objects.filter(category=world["news"]).cache(key="news-list"))
+    assert len(q) == 0
+    world["articles"][0].save()
+    with queries() as q:
+        list(Article.objects.filter(category=world["news"]).cache(key="news-list"))
+    assert len(q) == 1
+
+
+def test_a_custom_queryset_class_works(world: dict) -> None:
+    assert issubclass(type(Category.objects.all()), CachedQuerySet)
+    comment = baker.make(Comment, article=world["articles"][0])
+    # Comment has no cached manager: its writes still invalidate what read it.
+    def counted() -> int:
+        qs = Article.objects.filter(pk=world["articles"][0].pk).annotate(n=Count("comments"))
+        return qs.cache().get().n
+
+    assert counted() == 1
+    comment.delete()
+    assert counted() == 0
