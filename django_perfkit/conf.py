@@ -117,6 +117,7 @@ def _cache_settings(raw: Any) -> CacheSettings:
         values[name.lower()] = value
     return CacheSettings(**values)
 
+
 RATELIMIT_ALGORITHMS: Final[tuple[str, ...]] = ("sliding", "gcra", "fixed")
 RATELIMIT_FAIL_MODES: Final[tuple[str, ...]] = ("open", "closed")
 

@@ -17,6 +17,10 @@ SECRET_KEY = "perfkit-tests-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
 
+# The suite's run id: its process id, or the parent's in a worker process that a
+# test starts (tests/cache_race_worker.py) to share the run's database and keys.
+RUN_ID = os.environ.get("PERFKIT_TEST_RUN_ID") or str(os.getpid())
+
 if os.environ.get("PERFKIT_TEST_DB", "postgresql") == "sqlite":
     DATABASES = {
         "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
@@ -33,19 +37,24 @@ else:
     DATABASES = {
         # Test databases named per process, like the Redis prefix below, so two
         # runs at once (make test and a tox env) do not collide.
-        "default": {**_pg, "NAME": "perfkit", "TEST": {"NAME": f"test_perfkit_{os.getpid()}"}},
+        "default": {**_pg, "NAME": "perfkit", "TEST": {"NAME": f"test_perfkit_{RUN_ID}"}},
         # A second alias, so the collector is tested on more than "default".
         "other": {
             **_pg,
             "NAME": "perfkit_other",
-            "TEST": {"NAME": f"test_perfkit_other_{os.getpid()}"},
+            "TEST": {"NAME": f"test_perfkit_other_{RUN_ID}"},
         },
     }
+
+    if os.environ.get("PERFKIT_TEST_WORKER"):
+        # A worker connects to the test databases the parent's run created.
+        for _config in DATABASES.values():
+            _config["NAME"] = _config["TEST"]["NAME"]
 
 REDIS_URL = os.environ.get("PERFKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 # One prefix per test process, so two suites sharing this Redis database
 # (make test and a tox env, say) never delete or count each other's keys.
-KEY_PREFIX = f"perfkit-test-{os.getpid()}"
+KEY_PREFIX = f"perfkit-test-{RUN_ID}"
 
 CACHES = {
     "default": {

@@ -16,10 +16,10 @@ from model_bakery import baker
 from django_perfkit.cache import (
     CachedQuerySet,
     ainvalidate_all,
+    entries,
     invalidate,
     invalidate_all,
 )
-from django_perfkit.cache import entries
 from django_perfkit.record import record_request
 from django_perfkit.redis import get_gateway
 from django_perfkit.reporters.server_timing import build_header
@@ -130,7 +130,9 @@ def test_nocache_and_uncached_querysets_always_query(world: dict) -> None:
 
 
 def test_models_setting_opts_a_model_in_and_nocache_opts_out(world: dict) -> None:
-    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "CACHE": {"MODELS": {"news.Category": 60}}}):
+    with override_settings(
+        PERFKIT={"KEY_PREFIX": KEY_PREFIX, "CACHE": {"MODELS": {"news.Category": 60}}}
+    ):
         list(Category.objects.all())
         with queries() as q:
             list(Category.objects.all())
@@ -175,7 +177,7 @@ def test_server_timing_reports_cache_hits_and_misses(world: dict) -> None:
         news_list(world)
         news_list(world)
     header = build_header(record)
-    assert 'cache;dur=' in header
+    assert "cache;dur=" in header
     assert 'desc="1 hit, 1 miss"' in header
 
 
@@ -194,7 +196,9 @@ WRITES = {
     ),
     "delete": lambda w: w["articles"][0].delete(),
     "qs_update": lambda w: Article.objects.filter(category=w["news"]).update(title="changed"),
-    "qs_update_pk": lambda w: Article.objects.filter(pk=w["articles"][0].pk).update(title="changed"),
+    "qs_update_pk": lambda w: Article.objects.filter(pk=w["articles"][0].pk).update(
+        title="changed"
+    ),
     "qs_update_f": lambda w: Article.objects.filter(pk=w["articles"][0].pk).update(
         view_count=F("view_count") + 1, title="changed"
     ),
@@ -303,7 +307,9 @@ def test_a_partial_update_without_the_foreign_key_invalidates_lists_filtered_on_
     # so every list filtered on category goes (a row outside a sliced list may
     # now sort into it).
     first = list(Article.objects.filter(category=world["news"]).order_by("-view_count")[:1].cache())
-    hidden = world["articles"][2] if first[0].pk != world["articles"][2].pk else world["articles"][1]
+    hidden = (
+        world["articles"][2] if first[0].pk != world["articles"][2].pk else world["articles"][1]
+    )
     Article.objects.filter(pk=hidden.pk).update(view_count=F("view_count") + 1000)
     again = list(Article.objects.filter(category=world["news"]).order_by("-view_count")[:1].cache())
     assert again[0].pk == hidden.pk
@@ -437,10 +443,10 @@ def test_select_for_update_after_cache_is_never_served_from_the_cache(world: dic
 
 
 def test_results_over_max_bytes_are_not_stored_and_counted(world: dict) -> None:
-    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "CACHE": {"MAX_BYTES": 10}}):
-        with record_request() as record:
-            news_list(world)
-            news_list(world)
+    tiny = {"KEY_PREFIX": KEY_PREFIX, "CACHE": {"MAX_BYTES": 10}}
+    with override_settings(PERFKIT=tiny), record_request() as record:
+        news_list(world)
+        news_list(world)
     assert record.cache.misses == 2
     assert record.cache.skipped == 2
 
@@ -471,6 +477,7 @@ def test_an_explicit_key_names_the_entry(world: dict) -> None:
 def test_a_custom_queryset_class_works(world: dict) -> None:
     assert issubclass(type(Category.objects.all()), CachedQuerySet)
     comment = baker.make(Comment, article=world["articles"][0])
+
     # Comment has no cached manager: its writes still invalidate what read it.
     def counted() -> int:
         qs = Article.objects.filter(pk=world["articles"][0].pk).annotate(n=Count("comments"))

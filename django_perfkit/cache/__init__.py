@@ -36,15 +36,17 @@ def _model_keys(alias: str, target: type[models.Model] | models.Model) -> list[s
     if isinstance(target, models.Model):
         meta = target._meta
         table = meta.db_table
-        keys = [tokens.scan(table), tokens.value(table, meta.pk.column, target.pk)]  # type: ignore[union-attr]
+        pk: Any = meta.pk
+        keys = [tokens.scan(table), tokens.value(table, str(pk.column), target.pk)]
         keys.extend(
-            tokens.generation(table, f.column)
+            tokens.generation(table, str(f.column))
             for f in meta.concrete_fields
             if f.is_relation and (f.many_to_one or f.one_to_one)
         )
         return keys
-    if isinstance(target, type) and issubclass(target, models.Model):
-        return [tokens.table(target._meta.db_table)]
+    model: Any = target
+    if isinstance(model, type) and issubclass(model, models.Model):
+        return [tokens.table(model._meta.db_table)]
     raise TypeError(f"invalidate() takes a model class or instance, not {target!r}")
 
 

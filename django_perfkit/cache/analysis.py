@@ -41,9 +41,7 @@ def query_sql(queryset: models.QuerySet[Any]) -> tuple[str, tuple[Any, ...]]:
     return sql, tuple(params)
 
 
-def entry_name(
-    queryset: models.QuerySet[Any], kind: str, extra: str, sql: str, params: tuple[Any, ...]
-) -> str:
+def entry_name(queryset: Any, kind: str, extra: str, sql: str, params: tuple[Any, ...]) -> str:
     """A short, stable hash naming the entry."""
     meta = queryset.model._meta
     lookups = ",".join(_lookup_repr(lookup) for lookup in queryset._prefetch_related_lookups)
@@ -157,7 +155,7 @@ def _model_rows(rows: Any) -> bool:
     return isinstance(rows, list) and all(isinstance(row, models.Model) for row in rows)
 
 
-def plan(queryset: models.QuerySet[Any], sql: str, tokens: Tokens) -> Plan | None:
+def plan(queryset: Any, sql: str, tokens: Tokens) -> Plan | None:
     """The plan for one evaluation, or ``None`` when its reads cannot be known."""
     model = queryset.model
     base = model._meta.db_table
@@ -185,7 +183,7 @@ def plan(queryset: models.QuerySet[Any], sql: str, tokens: Tokens) -> Plan | Non
             static.append(generation)
             always.add(generation)
             result.fk_fine = True
-            result.pk_column = model._meta.pk.column  # type: ignore[union-attr]
+            result.pk_column = _pk_column(model)
     else:
         always.add(result.scan)
     for table in sorted(tables - {base}):
@@ -195,3 +193,8 @@ def plan(queryset: models.QuerySet[Any], sql: str, tokens: Tokens) -> Plan | Non
     result.static = static
     result.always = always
     return result
+
+
+def _pk_column(model: type[models.Model]) -> str:
+    pk: Any = model._meta.pk
+    return str(pk.column)

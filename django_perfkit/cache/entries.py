@@ -172,7 +172,7 @@ def _decode(raw: bytes, beta: float) -> tuple[Any, bool]:
     newline = raw.find(b"\n")
     try:
         expiry_ms, compute_us = raw[:newline].split(b" ")
-        value = pickle.loads(raw[newline + 1 :])  # noqa: S301 (perfkit wrote it)
+        value = pickle.loads(raw[newline + 1 :])
     except Exception:  # a model that changed shape, a truncated value
         logger.warning("perfkit: unreadable cache entry; recomputing", exc_info=True)
         return _MISSING, False
@@ -180,7 +180,7 @@ def _decode(raw: bytes, beta: float) -> tuple[Any, bool]:
     if beta > 0:
         # XFetch: now - delta * beta * ln(rand) >= expiry (Vattani et al. 2015)
         delta = int(compute_us) / 1_000_000
-        gap = -delta * beta * math.log(random.random() or 1e-12)  # noqa: S311
+        gap = -delta * beta * math.log(random.random() or 1e-12)
         refresh = time.time() + gap >= int(expiry_ms) / 1000.0
     return value, refresh
 

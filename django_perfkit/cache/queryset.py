@@ -68,24 +68,28 @@ class CachedQuerySetMixin(_Base):
         the entry yourself instead of hashing the SQL (saves compiling the query
         on a hit; the name must identify the query, parameters included).
         """
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        value: Any = timeout
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
         ):
             raise ValueError(f".cache(timeout={timeout!r}): give a number of seconds > 0")
-        if key is not None and (not isinstance(key, str) or not key or any(c in key for c in "\n{}")):
+        name: Any = key
+        if name is not None and (
+            not isinstance(name, str) or not name or any(c in name for c in "\n{}")
+        ):
             raise ValueError(f".cache(key={key!r}): give a non-empty string without braces")
         if self.query.select_for_update:
             raise TypeError(
                 ".cache() on a select_for_update() queryset: locked rows must come from the "
                 "database; drop .cache() or select_for_update()"
             )
-        clone = self._chain()
+        clone = _private(self)._chain()
         clone._perfkit_cache = _Options(timeout, key)
         return clone
 
     def nocache(self) -> Any:
         """Opt this queryset out (also out of ``PERFKIT["CACHE"]["MODELS"]``)."""
-        clone = self._chain()
+        clone = _private(self)._chain()
         clone._perfkit_cache = _OFF
         return clone
 
@@ -111,7 +115,7 @@ class CachedQuerySetMixin(_Base):
                 return None
             options = _Options(model_timeout, None)
         assert isinstance(options, _Options)
-        if self._for_write or self.query.select_for_update:
+        if _private(self)._for_write or self.query.select_for_update:
             return None
         alias = self.db
         connection = connections[alias]
@@ -154,10 +158,11 @@ class CachedQuerySetMixin(_Base):
         return analysis.plan(self, sql_params[0], tokens_for(self.db))
 
     def _perfkit_rows(self) -> list[Any]:
-        rows = list(self._iterable_class(self))
-        self._result_cache = rows
-        if self._prefetch_related_lookups and not self._prefetch_done:
-            self._prefetch_related_objects()
+        qs = _private(self)
+        rows: list[Any] = list(qs._iterable_class(qs))
+        qs._result_cache = rows
+        if qs._prefetch_related_lookups and not qs._prefetch_done:
+            qs._prefetch_related_objects()
         return rows
 
     def _fetch_all(self) -> None:
@@ -167,28 +172,28 @@ class CachedQuerySetMixin(_Base):
                 self._result_cache = entries.get(lookup, self._perfkit_rows)
                 self._prefetch_done = True
                 return
-        super()._fetch_all()  # type: ignore[misc]
+        super()._fetch_all()
 
     def count(self) -> int:
         if self._result_cache is None:
             lookup = self._perfkit_lookup("count")
             if lookup is not None:
                 return int(entries.get(lookup, super().count))
-        return super().count()  # type: ignore[misc, no-any-return]
+        return super().count()
 
     def exists(self) -> bool:
         if self._result_cache is None:
             lookup = self._perfkit_lookup("exists")
             if lookup is not None:
                 return bool(entries.get(lookup, super().exists))
-        return super().exists()  # type: ignore[misc, no-any-return]
+        return super().exists()
 
     def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         lookup = self._perfkit_lookup("aggregate", _aggregate_extra(args, kwargs))
         if lookup is not None:
             compute = functools.partial(super().aggregate, *args, **kwargs)
             return entries.get(lookup, compute)  # type: ignore[no-any-return]
-        return super().aggregate(*args, **kwargs)  # type: ignore[misc, no-any-return]
+        return super().aggregate(*args, **kwargs)
 
     # -- async: Redis on the event loop, the query (on a miss) in a thread -------------
 
@@ -219,8 +224,10 @@ class CachedQuerySetMixin(_Base):
     async def aget(self, *args: Any, **kwargs: Any) -> Any:
         """``get()`` with the lookup on the event loop (Django's own hops to a thread)."""
         if self.query.combinator and (args or kwargs):
-            return await super().aget(*args, **kwargs)  # type: ignore[misc]
-        clone = self._chain() if self.query.combinator else self.filter(*args, **kwargs)
+            return await super().aget(*args, **kwargs)
+        clone: Any = (
+            _private(self)._chain() if self.query.combinator else self.filter(*args, **kwargs)
+        )
         if self.query.can_filter() and not self.query.distinct_fields:
             clone = clone.order_by()
         if not clone.query.select_for_update:
@@ -245,28 +252,33 @@ class CachedQuerySetMixin(_Base):
             lookup = await self._perfkit_alookup("count")
             if lookup is not None:
                 return int(await entries.aget(lookup, sync_to_async(super().count)))
-        return await super().acount()  # type: ignore[misc, no-any-return]
+        return await super().acount()
 
     async def aexists(self) -> bool:
         if self._result_cache is None:
             lookup = await self._perfkit_alookup("exists")
             if lookup is not None:
                 return bool(await entries.aget(lookup, sync_to_async(super().exists)))
-        return await super().aexists()  # type: ignore[misc, no-any-return]
+        return await super().aexists()
 
     async def aaggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         lookup = await self._perfkit_alookup("aggregate", _aggregate_extra(args, kwargs))
         if lookup is not None:
             compute = sync_to_async(functools.partial(super().aggregate, *args, **kwargs))
             return await entries.aget(lookup, compute)  # type: ignore[no-any-return]
-        return await super().aaggregate(*args, **kwargs)  # type: ignore[misc, no-any-return]
+        return await super().aaggregate(*args, **kwargs)
+
+
+def _private(queryset: Any) -> Any:
+    """The queryset, for its private attributes (not in django-stubs)."""
+    return queryset
 
 
 def _aggregate_extra(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     return repr(args) + repr(sorted(kwargs.items()))
 
 
-class CachedQuerySet(CachedQuerySetMixin, models.QuerySet[M], Generic[M]):  # type: ignore[misc]
+class CachedQuerySet(CachedQuerySetMixin, models.QuerySet[M], Generic[M]):
     """A ``QuerySet`` with ``.cache()``."""
 
 

@@ -85,7 +85,7 @@ _DELETE = re.compile(rf"\s*DELETE\s+FROM\s+{_NAME}(?:\s+WHERE\s+(.*))?\s*$", re.
 _TABLE_AFTER = re.compile(
     rf"\s*(?:TRUNCATE(?:\s+TABLE)?|ALTER\s+TABLE(?:\s+IF\s+EXISTS)?(?:\s+ONLY)?"
     rf"|DROP\s+TABLE(?:\s+IF\s+EXISTS)?|CREATE\s+(?:UNIQUE\s+)?INDEX.*?\s+ON"
-    rf"|COPY|REPLACE\s+INTO|MERGE\s+INTO|DROP\s+INDEX.*?\s+ON)\s+{_NAME}",
+    rf"|INSERT\s+(?:OR\s+\w+\s+)?INTO|COPY|REPLACE\s+INTO|MERGE\s+INTO|DROP\s+INDEX.*?\s+ON)\s+{_NAME}",
     re.S | re.I,
 )
 _INSERT_OR = re.compile(r"\s*INSERT\s+OR\s", re.I)
@@ -118,11 +118,12 @@ def table_info(table: str) -> TableInfo | None:
             if meta.proxy or not meta.managed and meta.db_table in found:
                 continue
             fks = tuple(
-                field.column
+                str(field.column)
                 for field in meta.concrete_fields
                 if field.is_relation and (field.many_to_one or field.one_to_one)
             )
-            found[meta.db_table] = TableInfo(meta.pk.column, fks)  # type: ignore[union-attr]
+            pk: Any = meta.pk
+            found[meta.db_table] = TableInfo(str(pk.column), fks)
         _tables = found
     return _tables.get(table)
 
@@ -164,9 +165,7 @@ def _pk_values(where: str, table: str, info: TableInfo, params: list[Any]) -> li
     return params[len(params) - count :]
 
 
-def write_keys(
-    tokens: Tokens, sql: str, params: Any, many: bool
-) -> list[str] | None:  # noqa: C901 (one parser, one place)
+def write_keys(tokens: Tokens, sql: str, params: Any, many: bool) -> list[str] | None:
     """The tokens a statement bumps; ``[]`` for a statement that writes nothing.
 
     ``None`` means "cannot tell which table": bump the alias's epoch.
@@ -331,7 +330,8 @@ def dirty_tables(connection: BaseDatabaseWrapper) -> set[str]:
     this is exact without perfkit tracking transactions.
     """
     tables: set[str] = set()
-    for _sids, func, _robust in connection.run_on_commit:
+    hooks: list[Any] = connection.run_on_commit
+    for _sids, func, _robust in hooks:
         if isinstance(func, _Pending):
             tables |= func.tables
     return tables
@@ -341,7 +341,7 @@ def _defer(
     connection: BaseDatabaseWrapper, tokens: Tokens, keys: list[str], tables: set[str]
 ) -> None:
     sids = tuple(connection.savepoint_ids)
-    hooks = connection.run_on_commit
+    hooks: list[Any] = connection.run_on_commit
     # One bump per transaction, not one per statement: extend the last pending
     # bump when it was registered at the same savepoint level (so that a
     # rollback to a savepoint drops exactly the bumps made inside it).
