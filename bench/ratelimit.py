@@ -36,10 +36,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import venvs  # noqa: E402
 from tests.redis_servers import BlackHole, PrivateRedis  # noqa: E402
 
 WORKER = ROOT / "bench" / "ratelimit_worker.py"
-VENVS = ROOT / ".bench" / "venvs"
 COMPETITORS = {
     "django-ratelimit": ["Django>=5.2,<6", "django-ratelimit==4.1.0", "django-redis==7.0.0"],
     "drf": ["Django>=5.2,<6", "djangorestframework>=3.15,<4", "django-redis==7.0.0"],
@@ -51,21 +51,7 @@ LATENCY_ROUNDS = 7
 
 
 def python_for(impl: str) -> str:
-    if impl not in COMPETITORS:
-        return sys.executable
-    venv = VENVS / impl
-    stamp = venv / ".installed"
-    wanted = "\n".join(COMPETITORS[impl])
-    if not stamp.exists() or stamp.read_text() != wanted:
-        print(f"bench: making {venv.relative_to(ROOT)} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-             "--disable-pip-version-check", *COMPETITORS[impl]],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        stamp.write_text(wanted)
-    return str(venv / "bin" / "python")
+    return venvs.python_for(impl, COMPETITORS.get(impl))
 
 
 def worker(impl: str, scenario: str, url: str, *extra: str, timeout: float = 120) -> Any:

@@ -22,6 +22,10 @@ E012      ``RATELIMIT_ALGORITHM`` or ``RATELIMIT_FAIL`` is not a known value
 E013      ``TRUSTED_PROXIES`` has an entry that is not an IP address or CIDR
 E014      ``RATELIMIT_IPV4_MASK`` / ``RATELIMIT_IPV6_MASK`` is out of range
 E015      ``RATELIMIT_VIEW`` cannot be imported or is not callable
+E016      ``CACHE`` is not a dict, or one of its values is of the wrong kind
+E017      ``CACHE["MODELS"]`` names a model that does not exist
+W005      ``CACHE["MODELS"]`` names a model whose managers have no ``.cache()``
+W006      ``CACHE`` has a key perfkit does not know (a typo?)
 W001      ``PERFKIT`` has a key perfkit does not know (a typo?)
 W002      ``PerfkitMiddleware`` is not in ``MIDDLEWARE``
 W003      ``PerfkitMiddleware`` is not first in ``MIDDLEWARE``
@@ -42,6 +46,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from django_perfkit.conf import (
+    CACHE_DEFAULTS,
     DEFAULTS,
     RATELIMIT_ALGORITHMS,
     RATELIMIT_FAIL_MODES,
@@ -140,6 +145,7 @@ def check_settings(
                 )
 
     errors += _check_ratelimits(raw)
+    errors += _check_cache(raw)
 
     prefix = raw.get("KEY_PREFIX", DEFAULTS["KEY_PREFIX"])
     if not isinstance(prefix, str) or not prefix or any(c in prefix for c in " {}\t\n"):
@@ -336,6 +342,125 @@ def check_middleware(
                 "middleware's time and queries are not measured.",
                 hint=f'Move "{MIDDLEWARE_PATH}" to the top of MIDDLEWARE.',
                 id="perfkit.W003",
+            )
+        ]
+    return []
+
+
+_CACHE_KINDS: dict[str, tuple[str, str]] = {
+    # key: (kind, example)
+    "ENABLED": ("bool", "True"),
+    "DEFAULT_TIMEOUT": ("seconds>0", "300"),
+    "MAX_BYTES": ("count", "1048576"),
+    "LOCK_TIMEOUT": ("seconds", "10.0"),
+    "LOCK_WAIT": ("seconds", "1.0"),
+    "EARLY_REFRESH_BETA": ("seconds", "1.0"),
+    "TOKEN_TTL": ("seconds>0", "86400"),
+}
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def _cache_value_ok(kind: str, value: Any) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "count":
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if kind == "seconds>0":
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return _is_number(value) and value >= 0
+
+
+def _check_cache(raw: dict[str, Any]) -> list[CheckMessage]:
+    if "CACHE" not in raw:
+        return []
+    cache = raw["CACHE"]
+    if not isinstance(cache, dict):
+        return [
+            Error(
+                f'PERFKIT["CACHE"] must be a dict, not {type(cache).__name__}.',
+                hint='Write PERFKIT["CACHE"] = {"DEFAULT_TIMEOUT": 300, ...}, or leave it out.',
+                id="perfkit.E016",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for key in cache:
+        if key not in CACHE_DEFAULTS:
+            close = difflib.get_close_matches(str(key), list(CACHE_DEFAULTS), n=1)
+            errors.append(
+                Warning(
+                    f'PERFKIT["CACHE"] has an unknown key "{key}".',
+                    hint=f'Did you mean "{close[0]}"?'
+                    if close
+                    else "See the configuration reference for the keys of CACHE.",
+                    id="perfkit.W006",
+                )
+            )
+    for key, (kind, example) in _CACHE_KINDS.items():
+        if key in cache and not _cache_value_ok(kind, cache[key]):
+            what = {
+                "bool": "True or False",
+                "count": "a whole number >= 0",
+                "seconds>0": "a whole number of seconds > 0",
+                "seconds": "a number >= 0",
+            }[kind]
+            errors.append(
+                Error(
+                    f'PERFKIT["CACHE"]["{key}"] must be {what}, not {cache[key]!r}.',
+                    hint=f'Write for example PERFKIT["CACHE"]["{key}"] = {example}.',
+                    id="perfkit.E016",
+                )
+            )
+    models = cache.get("MODELS", {})
+    if not isinstance(models, dict):
+        errors.append(
+            Error(
+                'PERFKIT["CACHE"]["MODELS"] must be a dict of "app_label.ModelName" to seconds.',
+                hint='Write for example {"news.Category": 600}.',
+                id="perfkit.E016",
+            )
+        )
+        return errors
+    for label, timeout in models.items():
+        errors += _check_cached_model(label, timeout)
+    return errors
+
+
+def _check_cached_model(label: Any, timeout: Any) -> list[CheckMessage]:
+    from django.apps import apps
+
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
+        return [
+            Error(
+                f'PERFKIT["CACHE"]["MODELS"]["{label}"] must be a whole number of seconds > 0, '
+                f"not {timeout!r}.",
+                hint=f'Write for example "{label}": 300.',
+                id="perfkit.E016",
+            )
+        ]
+    try:
+        model = apps.get_model(str(label))
+    except (LookupError, ValueError):
+        return [
+            Error(
+                f'PERFKIT["CACHE"]["MODELS"] names "{label}", which is not an installed model.',
+                hint='Use "app_label.ModelName", as in INSTALLED_APPS (e.g. "news.Article").',
+                id="perfkit.E017",
+            )
+        ]
+    from django_perfkit.cache.queryset import CachedQuerySetMixin
+
+    managers = [getattr(m, "_queryset_class", None) for m in model._meta.managers]
+    if not any(isinstance(q, type) and issubclass(q, CachedQuerySetMixin) for q in managers):
+        return [
+            Warning(
+                f'PERFKIT["CACHE"]["MODELS"] names "{label}", but no manager of it has '
+                ".cache(), so nothing of it is cached.",
+                hint="Give the model objects = CachedManager() (from django_perfkit.cache), or "
+                "mix CachedQuerySetMixin into its queryset class.",
+                id="perfkit.W005",
             )
         ]
     return []

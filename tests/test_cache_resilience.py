@@ -233,9 +233,9 @@ def test_waiters_give_up_after_lock_wait_and_query_themselves(article: Article) 
 
 def test_xfetch_refreshes_near_expiry_and_never_far_from_it() -> None:
     now_ms = int(time.time() * 1000)
-    import pickle
+    from django_perfkit.cache import codec
 
-    payload = pickle.dumps([1])
+    payload = codec.dumps([1])
     near = b"%d %d\n" % (now_ms + 50, 100_000) + payload  # 50 ms left, 100 ms to compute
     far = b"%d %d\n" % (now_ms + 3_600_000, 100_000) + payload
     near_refreshes = sum(entries._decode(near, 1.0)[1] for _ in range(200))

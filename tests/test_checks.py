@@ -205,3 +205,44 @@ def test_e013_trusted_proxies_as_a_string() -> None:
     with override_settings(PERFKIT={"TRUSTED_PROXIES": "10.0.0.0/8"}):
         (msg,) = check_settings()
     assert msg.id == "perfkit.E013" and "must be a list" in msg.msg
+
+
+@pytest.mark.parametrize(
+    ("cache", "expected"),
+    [
+        ("300", ["perfkit.E016"]),
+        ({"DEFAULT_TIMEOUT": 0}, ["perfkit.E016"]),
+        ({"DEFAULT_TIMEOUT": 1.5}, ["perfkit.E016"]),
+        ({"MAX_BYTES": -1}, ["perfkit.E016"]),
+        ({"LOCK_WAIT": "1s"}, ["perfkit.E016"]),
+        ({"ENABLED": "yes"}, ["perfkit.E016"]),
+        ({"TOKEN_TTL": 0}, ["perfkit.E016"]),
+        ({"MODELS": ["news.Article"]}, ["perfkit.E016"]),
+        ({"MODELS": {"news.Article": 0}}, ["perfkit.E016"]),
+        ({"MODELS": {"news.Articel": 60}}, ["perfkit.E017"]),
+        ({"MODELS": {"news.Comment": 60}}, ["perfkit.W005"]),
+        ({"DEFAULT_TIMOUT": 60}, ["perfkit.W006"]),
+    ],
+)
+def test_cache_settings_checks(cache: Any, expected: list[str]) -> None:
+    assert ids({"CACHE": cache}) == expected
+
+
+def test_good_cache_settings_pass() -> None:
+    cache = {
+        "ENABLED": True,
+        "DEFAULT_TIMEOUT": 60,
+        "MODELS": {"news.Category": 600, "news.Article": 60},
+        "MAX_BYTES": 0,
+        "LOCK_TIMEOUT": 5,
+        "LOCK_WAIT": 0.5,
+        "EARLY_REFRESH_BETA": 0,
+        "TOKEN_TTL": 3600,
+    }
+    assert ids({"CACHE": cache}) == []
+
+
+def test_cache_messages_name_the_fix() -> None:
+    with override_settings(PERFKIT={"CACHE": {"MODELS": {"news.Comment": 60}}}):
+        (msg,) = check_settings()
+    assert "CachedManager" in (msg.hint or "")

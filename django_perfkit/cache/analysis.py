@@ -11,13 +11,14 @@ depend on that value's token instead of on every write to the table (see
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.core.exceptions import FieldDoesNotExist
+from django.core.exceptions import EmptyResultSet, FieldDoesNotExist
 from django.db import models
 from django.db.models.expressions import Col
 from django.db.models.lookups import Exact
@@ -59,14 +60,20 @@ def _lookup_repr(lookup: Any) -> str:
     return str(lookup)
 
 
-def fine_condition(queryset: models.QuerySet[Any]) -> tuple[str, Any, bool] | None:
-    """``(column, value, is_pk)`` of a top-level ``pk = v`` / ``fk = v`` filter, if any."""
+def fine_condition(queryset: models.QuerySet[Any]) -> tuple[str, Any, str] | None:
+    """``(column, value, kind)`` of the best top-level equality filter on the base table.
+
+    ``kind``: ``"pk"``, ``"unique"`` (another unique column: ``slug = v``) or
+    ``"fk"``; ``None`` when there is none (the entry then depends on every write
+    to the table).
+    """
     query = queryset.query
     where = query.where
     if where.connector != AND or where.negated or query.combinator:
         return None
     base = query.base_table
-    found: tuple[str, Any, bool] | None = None
+    unique: tuple[str, Any, str] | None = None
+    found: tuple[str, Any, str] | None = None
     for child in where.children:
         if not isinstance(child, Exact):
             continue
@@ -77,10 +84,12 @@ def fine_condition(queryset: models.QuerySet[Any]) -> tuple[str, Any, bool] | No
             continue
         target = lhs.target
         if target.primary_key:
-            return (target.column, rhs, True)
-        if found is None and target.is_relation and (target.many_to_one or target.one_to_one):
-            found = (target.column, rhs, False)
-    return found
+            return (target.column, rhs, "pk")
+        if target.unique and not target.null and unique is None:
+            unique = (target.column, rhs, "unique")
+        elif found is None and target.is_relation and (target.many_to_one or target.one_to_one):
+            found = (target.column, rhs, "fk")
+    return unique or found
 
 
 def prefetch_tables(model: type[models.Model], lookups: tuple[Any, ...]) -> set[str] | None:
@@ -91,6 +100,8 @@ def prefetch_tables(model: type[models.Model], lookups: tuple[Any, ...]) -> set[
             path = lookup.prefetch_through
             if lookup.queryset is not None:
                 tables.add(lookup.queryset.model._meta.db_table)
+                with contextlib.suppress(EmptyResultSet):  # its joins and subqueries
+                    tables |= tables_in(str(lookup.queryset.query))
         else:
             path = str(lookup)
         current = model
@@ -126,17 +137,27 @@ class Plan:
     scan: str = ""
     #: ``pk = v``: the scan token is needed only for an empty result.
     pk_fine: bool = False
-    #: ``fk = v``: rows of the result become dependencies, when they are model rows.
+    #: ``fk = v`` (or ``unique = v``): rows of the result become dependencies,
+    #: when they are model rows.
     fk_fine: bool = False
+    #: ``unique = v``: an empty result needs the scan token (any insert may match).
+    unique_fine: bool = False
     pk_column: str = ""
 
     def flags(self, result_kind: str, rows: Any) -> tuple[str, list[str]]:
         """Which static keys the entry depends on ("1"/"0" per key), and its row tokens."""
         row_keys: list[str] = []
         scan_needed = True
+        if result_kind == "get":  # one instance, from get()
+            result_kind, rows = "rows", [rows]
         if self.pk_fine:
             scan_needed = result_kind != "rows" or not rows
-        elif self.fk_fine and result_kind == "rows" and _model_rows(rows):
+        elif (
+            self.fk_fine
+            and result_kind == "rows"
+            and _model_rows(rows)
+            and (rows or not self.unique_fine)
+        ):
             scan_needed = False
             seen: set[Any] = set()
             for row in rows:
@@ -172,16 +193,23 @@ def plan(queryset: Any, sql: str, tokens: Tokens) -> Plan | None:
     static.append(result.scan)
     fine = fine_condition(queryset)
     if fine is not None:
-        column, value, is_pk = fine
-        value_key = tokens.value(base, column, value)
-        static.append(value_key)
-        always.add(value_key)
-        if is_pk:
+        column, value, kind = fine
+        if kind == "pk":
+            value_key = tokens.value(base, column, value)
+            static.append(value_key)
+            always.add(value_key)
             result.pk_fine = True
+        elif kind == "unique":
+            # A unique value names at most one row: a found row is covered by
+            # its own token (a row can only take the value from a row that
+            # gave it up, whose token moved); a miss needs the scan token.
+            result.fk_fine = result.unique_fine = True
+            result.pk_column = _pk_column(model)
         else:
+            value_key = tokens.value(base, column, value)
             generation = tokens.generation(base, column)
-            static.append(generation)
-            always.add(generation)
+            static += [value_key, generation]
+            always |= {value_key, generation}
             result.fk_fine = True
             result.pk_column = _pk_column(model)
     else:

@@ -2,7 +2,9 @@
 
 An entry is one Redis string::
 
-    <n>\\n<token key>\\n<token value>\\n ... <expiry ms> <compute µs>\\n<pickle>
+    <n>\\n<token key>\\n<token value>\\n ... <expiry ms> <compute µs>\\n<payload>
+
+(the payload: :mod:`.codec`).
 
 ``READ`` returns the part after the tokens only if every token still has the
 recorded value, so a hit is one round trip, and a stale entry is never returned.
@@ -28,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import pickle
 import random
 import secrets
 import time
@@ -36,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from django_perfkit.cache import codec
 from django_perfkit.cache.analysis import Plan
 from django_perfkit.conf import CacheSettings
 from django_perfkit.record import current_record
@@ -172,7 +174,7 @@ def _decode(raw: bytes, beta: float) -> tuple[Any, bool]:
     newline = raw.find(b"\n")
     try:
         expiry_ms, compute_us = raw[:newline].split(b" ")
-        value = pickle.loads(raw[newline + 1 :])
+        value = codec.loads(raw[newline + 1 :])
     except Exception:  # a model that changed shape, a truncated value
         logger.warning("perfkit: unreadable cache entry; recomputing", exc_info=True)
         return _MISSING, False
@@ -187,7 +189,7 @@ def _decode(raw: bytes, beta: float) -> tuple[Any, bool]:
 
 def _encode(value: Any, lookup: Lookup, compute_seconds: float) -> bytes | None:
     try:
-        payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        payload = codec.dumps(value)
     except Exception as exc:
         logger.warning("perfkit: result of %s cannot be pickled, not cached: %r", lookup.kind, exc)
         return None

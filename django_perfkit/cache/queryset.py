@@ -16,7 +16,7 @@ and queries that cannot return rows (``filter(pk__in=[])``).
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -100,8 +100,14 @@ class CachedQuerySetMixin(_Base):
         clone._perfkit_cache = self._perfkit_cache
         return clone
 
-    def _perfkit_lookup(self, kind: str, extra: str = "") -> entries.Lookup | None:
-        """Where this evaluation's entry lives, or ``None`` to run it uncached."""
+    def _perfkit_lookup(
+        self, kind: str, extra: str = "", source: Callable[[], Any] | None = None
+    ) -> entries.Lookup | None:
+        """Where this evaluation's entry lives, or ``None`` to run it uncached.
+
+        ``source``: makes the queryset the result comes from, when it is not this
+        one (``get()`` with an explicit key names its entry before filtering).
+        """
         options = self._perfkit_cache
         if options == _OFF:
             return None
@@ -124,6 +130,8 @@ class CachedQuerySetMixin(_Base):
             return None
         tokens = tokens_for(alias)
         sql_params: tuple[str, tuple[Any, ...]] | None = None
+        if dirty and source is not None:
+            return None  # rare; the caller takes the general path
         if options.key is None or dirty:
             try:
                 sql_params = analysis.query_sql(self)
@@ -146,7 +154,11 @@ class CachedQuerySetMixin(_Base):
             timeout=float(timeout),
             kind=kind,
             settings=cache_settings,
-            make_plan=functools.partial(self._perfkit_plan, sql_params),
+            make_plan=(
+                functools.partial(_plan_of, source)
+                if source is not None
+                else functools.partial(self._perfkit_plan, sql_params)
+            ),
         )
 
     def _perfkit_plan(self, sql_params: tuple[str, tuple[Any, ...]] | None) -> Any:
@@ -174,6 +186,18 @@ class CachedQuerySetMixin(_Base):
                 return
         super()._fetch_all()
 
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        options = self._perfkit_cache
+        if isinstance(options, _Options) and options.key is not None and not self.query.combinator:
+            # An explicit key names the entry without the query: a hit needs no
+            # filtering, cloning or compiling at all.
+            source = functools.partial(self.filter, *args, **kwargs)
+            lookup = self._perfkit_lookup("get", _call_extra(args, kwargs), source=source)
+            if lookup is not None:
+                uncached = functools.partial(self.nocache().get, *args, **kwargs)
+                return entries.get(lookup, uncached)
+        return super().get(*args, **kwargs)
+
     def count(self) -> int:
         if self._result_cache is None:
             lookup = self._perfkit_lookup("count")
@@ -189,7 +213,7 @@ class CachedQuerySetMixin(_Base):
         return super().exists()
 
     def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        lookup = self._perfkit_lookup("aggregate", _aggregate_extra(args, kwargs))
+        lookup = self._perfkit_lookup("aggregate", _call_extra(args, kwargs))
         if lookup is not None:
             compute = functools.partial(super().aggregate, *args, **kwargs)
             return entries.get(lookup, compute)  # type: ignore[no-any-return]
@@ -197,12 +221,14 @@ class CachedQuerySetMixin(_Base):
 
     # -- async: Redis on the event loop, the query (on a miss) in a thread -------------
 
-    async def _perfkit_alookup(self, kind: str, extra: str = "") -> entries.Lookup | None:
+    async def _perfkit_alookup(
+        self, kind: str, extra: str = "", source: Callable[[], Any] | None = None
+    ) -> entries.Lookup | None:
         try:
-            return self._perfkit_lookup(kind, extra)
+            return self._perfkit_lookup(kind, extra, source)
         except SynchronousOnlyOperation:
             # Compiling needed the database (a backend's first version query).
-            return await sync_to_async(self._perfkit_lookup)(kind, extra)
+            return await sync_to_async(self._perfkit_lookup)(kind, extra, source)
 
     async def _perfkit_afetch_all(self) -> None:
         if self._result_cache is None:
@@ -223,6 +249,13 @@ class CachedQuerySetMixin(_Base):
 
     async def aget(self, *args: Any, **kwargs: Any) -> Any:
         """``get()`` with the lookup on the event loop (Django's own hops to a thread)."""
+        options = self._perfkit_cache
+        if isinstance(options, _Options) and options.key is not None and not self.query.combinator:
+            source = functools.partial(self.filter, *args, **kwargs)
+            lookup = await self._perfkit_alookup("get", _call_extra(args, kwargs), source)
+            if lookup is not None:
+                uncached = sync_to_async(functools.partial(self.nocache().get, *args, **kwargs))
+                return await entries.aget(lookup, uncached)
         if self.query.combinator and (args or kwargs):
             return await super().aget(*args, **kwargs)
         clone: Any = (
@@ -262,7 +295,7 @@ class CachedQuerySetMixin(_Base):
         return await super().aexists()
 
     async def aaggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        lookup = await self._perfkit_alookup("aggregate", _aggregate_extra(args, kwargs))
+        lookup = await self._perfkit_alookup("aggregate", _call_extra(args, kwargs))
         if lookup is not None:
             compute = sync_to_async(functools.partial(super().aggregate, *args, **kwargs))
             return await entries.aget(lookup, compute)  # type: ignore[no-any-return]
@@ -274,8 +307,12 @@ def _private(queryset: Any) -> Any:
     return queryset
 
 
-def _aggregate_extra(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+def _call_extra(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     return repr(args) + repr(sorted(kwargs.items()))
+
+
+def _plan_of(source: Callable[[], Any]) -> Any:
+    return source()._perfkit_plan(None)
 
 
 class CachedQuerySet(CachedQuerySetMixin, models.QuerySet[M], Generic[M]):

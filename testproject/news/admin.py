@@ -38,14 +38,19 @@ class CommentInline(admin.TabularInline):
 
 @admin.register(Article)
 class ArticleAdmin(admin.ModelAdmin):
-    list_display = ["title", "category", "author", "published_at", "is_published", "view_count"]
+    list_display = ["title", "category", "author", "published_at", "is_published", "views"]
     list_filter = ["is_published", "category"]
-    list_select_related = ["category", "author"]
+    list_select_related = ["category", "author", "stats"]
     search_fields = ["title"]
     prepopulated_fields = {"slug": ["title"]}
     date_hierarchy = "published_at"
     autocomplete_fields = ["author", "category", "tags"]
     inlines = [CommentInline]
+
+    @admin.display(ordering="stats__views")
+    def views(self, article: Article) -> int:
+        stats = getattr(article, "stats", None)
+        return stats.views if stats is not None else 0
 
 
 @admin.register(Comment)

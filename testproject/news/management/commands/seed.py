@@ -27,7 +27,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 from model_bakery import baker
 
-from testproject.news.models import Article, Author, Category, Comment, Tag
+from testproject.news.models import Article, ArticleStats, Author, Category, Comment, Tag
 
 DEMO_USER = ("demo", "demo-password")
 DEMO_ADMIN = ("admin", "admin-password")
@@ -366,9 +366,16 @@ class Command(BaseCommand):
                 [now - timedelta(seconds=rng.randrange(spread_seconds)) for _ in range(count)]
             ),
             is_published=iter([rng.random() < PUBLISHED_SHARE for _ in range(count)]),
-            view_count=iter([int(rng.paretovariate(1.2) * 40) for _ in range(count)]),
         )
-        return Article.objects.bulk_create(articles, batch_size=BATCH_SIZE)
+        created = Article.objects.bulk_create(articles, batch_size=BATCH_SIZE)
+        ArticleStats.objects.bulk_create(
+            (
+                ArticleStats(article_id=a.pk, views=int(rng.paretovariate(1.2) * 40))
+                for a in created
+            ),
+            batch_size=BATCH_SIZE,
+        )
+        return created
 
     def _tag_articles(
         self, rng: random.Random, articles: Sequence[Article], tags: Sequence[Tag]

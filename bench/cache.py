@@ -1,0 +1,229 @@
+"""Queryset caching side by side: perfkit ``.cache()``, django-cacheops, django-cachalot.
+
+Every competitor runs in a process (and, for cacheops and cachalot, a
+virtualenv) of its own, against its own database on one private PostgreSQL
+(``fsync=off``, ``max_connections=300``) and its own database number on one
+private Redis, with the same tables and data (``bench/cacheapp``: 2,000 items in
+20 categories):
+
+* **Hit latency**: median µs of ``get(pk=...)``, ``filter(category)
+  .select_related("author")[:20]`` and ``count()`` after warm-up, over 20
+  (or 10) keys in turn; "none" is the uncached query, "floor" a Redis ``GET``
+  plus unpickling of the same result. ``perfkit-key`` names its entries
+  (``.cache(key=...)``). Rounds are interleaved and the median of the rounds
+  is shown.
+* **save()**: median µs, SELECTs and Redis round trips per save.
+* **Hit ratio**: 5,000 operations, 95% reads of 10 category lists, 5% saves of
+  rows in the other 10 categories.
+* **Stale reads** per 1,000: 3 reader processes and 1 writer saving one row
+  300 times about 2 ms apart (``cache_worker.py race``).
+* **Stampede**: 100 threads miss the same 50 ms query at once; how many ran it.
+* **Memory**: Redis bytes and keys per cached query over 4,000 small queries.
+
+Run: ``python bench/cache.py`` (``make bench`` runs it and rewrites
+docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import venvs  # noqa: E402
+from bench.pgserver import PrivatePostgres  # noqa: E402
+from tests.redis_servers import PrivateRedis  # noqa: E402
+
+WORKER = ROOT / "bench" / "cache_worker.py"
+COMPETITORS = {
+    "cacheops": ["Django>=5.2,<6", "django-cacheops==7.2", "psycopg[binary]>=3.1", "redis>=5"],
+    "cachalot": [
+        "Django>=5.2,<6",
+        "django-cachalot==2.9.1",
+        "django-redis==7.0.0",
+        "psycopg[binary]>=3.1",
+    ],
+}
+CACHES = ["perfkit", "perfkit-key", "cacheops", "cachalot"]
+IMPLS = ["none", *CACHES]
+LATENCY_ROUNDS = 5
+RACE_READERS = 3
+
+
+def python_for(impl: str) -> str:
+    return venvs.python_for(impl, COMPETITORS.get(impl))
+
+
+class Run:
+    def __init__(self) -> None:
+        self.pg = PrivatePostgres()
+        self.redis = PrivateRedis()
+
+    def __enter__(self) -> Run:
+        self.pg.start()
+        self.redis.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.redis.stop()
+        self.pg.stop()
+
+    def url(self, impl: str) -> str:
+        return f"{self.redis.url.rsplit('/', 1)[0]}/{(IMPLS + ['raw']).index(impl)}"
+
+    def command(self, impl: str, scenario: str, *extra: str) -> list[str]:
+        return [python_for(impl), str(WORKER), impl, scenario, str(self.pg.port), self.url(impl),
+                *extra]  # fmt: skip
+
+    def worker(self, impl: str, scenario: str, *extra: str, timeout: float = 600) -> Any:
+        out = subprocess.run(
+            self.command(impl, scenario, *extra),
+            capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        )  # fmt: skip
+        if out.returncode != 0:
+            tail = out.stderr.strip().splitlines()[-1:] or ["?"]
+            return {"error": tail[0]}
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def race(self, impl: str) -> dict[str, Any]:
+        readers = [
+            subprocess.Popen(
+                self.command(impl, "race", "reader"), stdout=subprocess.PIPE, cwd=ROOT, text=True
+            )
+            for _ in range(RACE_READERS)
+        ]
+        writer = self.worker(impl, "race", "writer")
+        results = []
+        for reader in readers:
+            out, _ = reader.communicate(timeout=300)
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        reads = sum(r["reads"] for r in results)
+        stale = sum(r["stale"] for r in results)
+        return {
+            "reads": reads,
+            "stale": stale,
+            "per_1000": 1000 * stale / reads if reads else float("nan"),
+            "final_current": all(r["final_current"] for r in results),
+            "writer": writer,
+        }
+
+
+def run() -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for impl in COMPETITORS:
+        python_for(impl)
+    with Run() as bench:
+        for impl in IMPLS:
+            bench.pg.createdb(f"bench_{impl.replace('-', '_')}")
+            bench.worker(impl, "seed")
+        bench.pg.createdb("bench_raw")
+        bench.worker("raw", "seed")
+        rounds: dict[str, list[dict[str, float]]] = {impl: [] for impl in [*IMPLS, "raw"]}
+        for _ in range(LATENCY_ROUNDS):
+            for impl in [*IMPLS, "raw"]:
+                rounds[impl].append(bench.worker(impl, "latency"))
+        results["latency"] = {
+            impl: {
+                key: statistics.median(r[key] for r in rs if key in r)
+                for key in rs[0]
+                if key != "error" and any(key in r for r in rs)
+            }
+            for impl, rs in rounds.items()
+            if rs and "error" not in rs[0]
+        }
+        results["errors"] = {
+            impl: rs[0]["error"] for impl, rs in rounds.items() if rs and "error" in rs[0]
+        }
+        results["hitratio"] = {impl: bench.worker(impl, "hitratio") for impl in IMPLS}
+        results["race"] = {impl: bench.race(impl) for impl in CACHES}
+        results["stampede"] = {impl: bench.worker(impl, "stampede") for impl in IMPLS}
+        results["memory"] = {impl: bench.worker(impl, "memory") for impl in CACHES}
+    return results
+
+
+def _f(value: Any, digits: int = 0) -> str:
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def table(results: dict[str, Any]) -> str:
+    lat = results["latency"]
+    none, floor = lat.get("none", {}), lat.get("raw", {})
+    lines = [
+        "### Hit latency (median µs; ratios to the uncached query and to the floor)",
+        "",
+        "| | get(pk) | filter()[:20] + select_related | count() | save() | SELECTs / save "
+        "| Redis round trips / save |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for impl in ["none", *CACHES]:
+        row = lat.get(impl)
+        if row is None:
+            lines.append(f"| {impl} | {results['errors'].get(impl, 'failed')} | | | | | |")
+            continue
+        cells = []
+        for op in ("get_us", "list_us", "count_us"):
+            value = row.get(op)
+            if impl == "none":
+                cells.append(_f(value))
+            else:
+                ratio_none = value / none[op] if value and none.get(op) else float("nan")
+                ratio_floor = value / floor[op] if value and floor.get(op) else float("nan")
+                cells.append(f"{_f(value)} ({ratio_none:.2f}× / {ratio_floor:.2f}×)")
+        save_ratio = row["save_us"] / none["save_us"] if none.get("save_us") else float("nan")
+        save = _f(row["save_us"]) + ("" if impl == "none" else f" ({save_ratio:.2f}×)")
+        lines.append(
+            f"| {impl} | {' | '.join(cells)} | {save} | {row['save_selects']:.2f} "
+            f"| {row['save_redis_calls']:.2f} |"
+        )
+    lines.append(
+        f"| floor (Redis GET + unpickle) | {_f(floor.get('get_us'))} "
+        f"({_f(floor.get('get_bytes'))} B) | {_f(floor.get('list_us'))} "
+        f"({_f(floor.get('list_bytes'))} B) | {_f(floor.get('count_us'))} | | | |"
+    )
+    lines += [
+        "",
+        "### Hit ratio, stale reads, stampede, memory",
+        "",
+        "| | hit ratio (95% reads / 5% other-row writes) | ops/s | stale reads / 1,000 "
+        "(reads) | read after the writer stopped | stampede: DB executions of 100 "
+        "(3 rounds) | Redis bytes / cached query | keys / query |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for impl in IMPLS:
+        hit = results["hitratio"].get(impl, {})
+        race = results["race"].get(impl, {})
+        stampede = results["stampede"].get(impl, {})
+        memory = results["memory"].get(impl, {})
+        runs = stampede.get("rounds", [])
+        execs = ", ".join(str(r["db_executions"]) for r in runs) or "n/a"
+        errors = sum(r.get("errors", 0) for r in runs)
+        if errors:
+            execs += f" ({errors} errors)"
+        stale = f"{race['per_1000']:.1f} ({race['reads']:,})" if "per_1000" in race else "n/a"
+        final = {True: "current", False: "STALE"}.get(race.get("final_current"), "n/a")
+        lines.append(
+            f"| {impl} | {_f(hit.get('hit_ratio', float('nan')) * 100, 1)}% "
+            f"| {_f(hit.get('ops_per_s'))} | {stale} | {final} | {execs} "
+            f"| {_f(memory.get('bytes'))} | {_f(memory.get('keys'), 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    results = run()
+    if "--json" in sys.argv:
+        sys.stdout.write(json.dumps(results) + "\n")
+    else:
+        print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,414 @@
+"""One ORM cache under one scenario, in whatever virtualenv runs this file.
+
+Run by ``bench/cache.py``, never imported by it: cacheops and cachalot patch
+Django, so each competitor runs in a process (and virtualenv) of its own. Prints
+one JSON object.
+
+    python bench/cache_worker.py IMPL SCENARIO PG_PORT REDIS_URL [ROLE]
+
+IMPL: none, perfkit, perfkit-key (explicit keys), cacheops, cachalot, raw (the floor:
+Redis GET + unpickle of the same payload)
+SCENARIO: seed, latency, hitratio, race, stampede, memory
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+ITEMS = 2000
+CATEGORIES = 20
+N = 2000
+WARMUP = 200
+
+
+def setup(impl: str, pg_port: str, redis_url: str) -> None:
+    os.environ["BENCH_IMPL"] = impl
+    sys.path.insert(0, str(ROOT / "bench"))
+    import django
+    from django.conf import settings
+
+    apps = ["django.contrib.contenttypes", "cacheapp"]
+    extra: dict[str, Any] = {}
+    caches: dict[str, Any] = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
+    if impl.startswith("perfkit") or impl == "raw":
+        sys.path.insert(0, str(ROOT))
+        apps.insert(0, "django_perfkit")
+        extra["PERFKIT"] = {
+            "REDIS_URL": redis_url,
+            "REDIS_CACHE_ALIAS": None,
+            "KEY_PREFIX": "bench",
+            "COLLECT_QUERIES": False,
+        }
+    elif impl == "cacheops":
+        apps.append("cacheops")
+        extra["CACHEOPS_REDIS"] = redis_url
+        # lock: cacheops' own dog-pile protection, on for a fair stampede table.
+        extra["CACHEOPS"] = {"cacheapp.*": {"ops": "all", "timeout": 3600, "lock": True}}
+        extra["CACHEOPS_DEGRADE_ON_FAILURE"] = True
+    elif impl == "cachalot":
+        apps.append("cachalot")
+        caches = {"default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": redis_url}}
+    settings.configure(
+        INSTALLED_APPS=apps,
+        DATABASES={
+            "default": {
+                "ENGINE": "django.db.backends.postgresql",
+                "HOST": "127.0.0.1",
+                "PORT": pg_port,
+                "USER": "postgres",
+                "NAME": f"bench_{impl.replace('-', '_')}",
+            }
+        },
+        CACHES=caches,
+        USE_TZ=True,
+        SECRET_KEY="bench",
+        DEFAULT_AUTO_FIELD="django.db.models.AutoField",
+        **extra,
+    )
+    django.setup()
+
+
+def cached(qs: Any, impl: str, key: str | None = None) -> Any:
+    if impl == "perfkit-key" and key is not None:
+        return qs.cache(key=key)
+    if impl in ("perfkit", "perfkit-key", "cacheops"):
+        return qs.cache()
+    return qs
+
+
+# -- counting database statements ------------------------------------------------------
+
+_counts = {"select": 0, "item_select": 0, "all": 0}
+_count_lock = threading.Lock()
+
+
+def _counter(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+    with _count_lock:
+        _counts["all"] += 1
+        if sql.lstrip().upper().startswith("SELECT"):
+            _counts["select"] += 1
+            if '"cacheapp_item"' in sql:
+                _counts["item_select"] += 1
+    return execute(sql, params, many, context)
+
+
+def install_counter() -> None:
+    from django.db import connections
+    from django.db.backends.signals import connection_created
+
+    def install(connection: Any, **kwargs: Any) -> None:
+        if _counter not in connection.execute_wrappers:
+            connection.execute_wrappers.append(_counter)
+
+    connection_created.connect(install, weak=False)
+    for conn in connections.all(initialized_only=True):
+        install(conn)
+
+
+# -- scenarios --------------------------------------------------------------------------
+
+
+def seed() -> dict[str, Any]:
+    from cacheapp.models import Author, Category, Item
+    from django.core.management import call_command
+
+    call_command("migrate", run_syncdb=True, verbosity=0)
+    if Item.objects.exists():
+        return {"items": Item.objects.count()}
+    rng = random.Random(1)
+    cats = Category.objects.bulk_create([Category(name=f"c{i}") for i in range(CATEGORIES)])
+    authors = Author.objects.bulk_create([Author(name=f"a{i}") for i in range(50)])
+    Item.objects.bulk_create(
+        Item(
+            category=cats[i % CATEGORIES],
+            author=rng.choice(authors),
+            title=f"item {i}",
+            body="x" * 120,
+        )
+        for i in range(ITEMS)
+    )
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+    return {"items": ITEMS}
+
+
+def _median_us(fn: Callable[[int], Any], n: int = N) -> float:
+    for i in range(WARMUP):
+        fn(i)
+    samples = []
+    for i in range(n):
+        start = time.perf_counter_ns()
+        fn(i)
+        samples.append(time.perf_counter_ns() - start)
+    return statistics.median(samples) / 1000
+
+
+def latency(impl: str) -> dict[str, Any]:
+    from cacheapp.models import Category, Item
+
+    pks = list(Item.objects.order_by("id").values_list("id", flat=True)[:20])
+    cats = list(Category.objects.order_by("id").values_list("id", flat=True)[:10])
+    results: dict[str, Any] = {}
+    if impl == "raw":
+        return raw_floor(pks, cats)
+
+    def get(i: int) -> Any:
+        pk = pks[i % len(pks)]
+        return cached(Item.objects, impl, f"get:{pk}").get(pk=pk)
+
+    def listing(i: int) -> Any:
+        c = cats[i % len(cats)]
+        qs = Item.objects.filter(category_id=c).select_related("author")[:20]
+        return list(cached(qs, impl, f"list:{c}"))
+
+    def count(i: int) -> Any:
+        c = cats[i % len(cats)]
+        return cached(Item.objects.filter(category_id=c), impl, f"count:{c}").count()
+
+    results["get_us"] = _median_us(get)
+    results["list_us"] = _median_us(listing)
+    results["count_us"] = _median_us(count)
+    # save(): rows of categories that the reads above did not touch.
+    victims = list(Item.objects.filter(category_id__in=cats[-3:]).order_by("id")[:50])
+    rng = random.Random(2)
+    install_counter()
+    before = dict(_counts)
+    redis_before = _redis_commands()
+
+    def save(i: int) -> None:
+        item = victims[i % len(victims)]
+        item.n = rng.randint(0, 10**6)
+        item.save()
+
+    results["save_us"] = _median_us(save, n=1000)
+    saves = WARMUP + 1000
+    results["save_selects"] = (_counts["select"] - before["select"]) / saves
+    results["save_redis_calls"] = (_redis_commands() - redis_before) / saves
+    return results
+
+
+_round_trips = [0]
+
+
+def count_round_trips() -> None:
+    """Count what each library sends to Redis: one packed send is one round trip."""
+    from redis.connection import AbstractConnection
+
+    original = AbstractConnection.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        _round_trips[0] += 1
+        original(self, command, check_health)
+
+    AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+
+
+def _redis_commands() -> int:
+    return _round_trips[0]
+
+
+def raw_floor(pks: list[int], cats: list[int]) -> dict[str, Any]:
+    """Redis GET + unpickle of the same payloads perfkit stores (the floor)."""
+    import redis
+    from cacheapp.models import Item
+
+    client = redis.Redis.from_url(REDIS_URL)
+    payloads = {
+        "get_us": [pickle.dumps([Item.objects.get(pk=pk)], protocol=5) for pk in pks],
+        "list_us": [
+            pickle.dumps(
+                list(Item.objects.filter(category_id=c).select_related("author")[:20]), protocol=5
+            )
+            for c in cats
+        ],
+        "count_us": [pickle.dumps(Item.objects.filter(category_id=c).count()) for c in cats],
+    }
+    results: dict[str, Any] = {}
+    for name, values in payloads.items():
+        for i, value in enumerate(values):
+            client.set(f"bench:floor:{name}:{i}", value)
+
+        def read(i: int, name: str = name, size: int = len(values)) -> Any:
+            return pickle.loads(client.get(f"bench:floor:{name}:{i % size}"))
+
+        results[name] = _median_us(read)
+        results[name.replace("_us", "_bytes")] = statistics.median(len(v) for v in values)
+    client.close()
+    return results
+
+
+def hitratio(impl: str) -> dict[str, Any]:
+    from cacheapp.models import Category, Item
+
+    cats = list(Category.objects.order_by("id").values_list("id", flat=True))
+    read_cats, write_cats = cats[:10], cats[10:]
+    writable = list(Item.objects.filter(category_id__in=write_cats))
+    rng = random.Random(3)
+    install_counter()
+    reads = db_reads = 0
+    ops = 5000
+    started = time.perf_counter()
+    for _ in range(ops):
+        if rng.random() < 0.95:
+            c = rng.choice(read_cats)
+            before = _counts["item_select"]
+            qs = Item.objects.filter(category_id=c).select_related("author")[:20]
+            list(cached(qs, impl, f"list:{c}"))
+            reads += 1
+            db_reads += _counts["item_select"] > before
+        else:
+            item = rng.choice(writable)
+            item.n += 1
+            item.save()
+    elapsed = time.perf_counter() - started
+    return {
+        "reads": reads,
+        "db_reads": db_reads,
+        "hit_ratio": 1 - db_reads / reads,
+        "ops_per_s": ops / elapsed,
+    }
+
+
+def race(impl: str, role: str) -> dict[str, Any]:
+    """Stale reads: ``writer`` saves one row, ``reader`` reads it (as in tests/)."""
+    import redis
+    from cacheapp.models import Item
+
+    control = redis.Redis.from_url(REDIS_URL)
+    committed, done = f"bench-race:{impl}:committed", f"bench-race:{impl}:done"
+    pk = Item.objects.order_by("id").values_list("id", flat=True)[0]
+    if role == "writer":
+        control.delete(committed, done)
+        item = Item.objects.get(pk=pk)
+        rng = random.Random(4)
+        for i in range(1, 301):
+            item.title = f"v{i}"
+            item.save()
+            control.set(committed, i)
+            time.sleep(rng.expovariate(1 / 0.002))
+        control.set(done, 1)
+        return {"saves": 300}
+    while not control.exists(committed):
+        time.sleep(0.001)
+    reads = stale = 0
+    while not control.exists(done):
+        before = int(control.get(committed) or 0)
+        seen = cached(Item.objects, impl, f"race:{pk}").get(pk=pk)
+        reads += 1
+        version = int(seen.title[1:]) if seen.title.startswith("v") else 0
+        stale += version < before
+    time.sleep(0.3)
+    final = cached(Item.objects, impl, f"race:{pk}").get(pk=pk)
+    return {"reads": reads, "stale": stale, "final_current": final.title == "v300"}
+
+
+def stampede(impl: str) -> dict[str, Any]:
+    from cacheapp.models import Item
+    from django.db import connections
+
+    install_counter()
+    threads = 100
+    rounds = []
+    for round_no in range(3):
+        barrier = threading.Barrier(threads)
+        errors: list[str] = []
+        category = 1 + round_no
+
+        def request(
+            category: int = category,
+            barrier: threading.Barrier = barrier,
+            errors: list[str] = errors,
+        ) -> None:
+            try:
+                barrier.wait()
+                # An expensive query: 50 ms in PostgreSQL (pg_sleep) before its rows.
+                qs = Item.objects.filter(category_id=category).extra(
+                    where=["(SELECT 1 FROM pg_sleep(0.05)) = 1"]
+                )[:20]
+                list(cached(qs, impl, f"stampede:{category}"))
+            except Exception as exc:
+                errors.append(type(exc).__name__)
+            finally:
+                connections.close_all()
+
+        before = _counts["item_select"]
+        workers = [threading.Thread(target=request) for _ in range(threads)]
+        started = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        rounds.append(
+            {
+                "db_executions": _counts["item_select"] - before,
+                "seconds": time.perf_counter() - started,
+                "errors": len(errors),
+            }
+        )
+    return {"rounds": rounds}
+
+
+def memory(impl: str) -> dict[str, Any]:
+    import redis
+    from cacheapp.models import Item
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys_before = client.dbsize()
+    used_before = int(client.info("memory")["used_memory"])
+    pks = list(Item.objects.order_by("id").values_list("id", flat=True)[:2000])
+    for pk in pks:
+        cached(Item.objects.filter(pk=pk), impl, f"mem:{pk}").first()
+    for i, pk in enumerate(pks):
+        qs = Item.objects.filter(category_id=1 + i % CATEGORIES, n=-pk)
+        list(cached(qs, impl, f"mem2:{pk}"))
+    queries = 2 * len(pks)
+    result = {
+        "queries": queries,
+        "keys": (client.dbsize() - keys_before) / queries,
+        "bytes": (int(client.info("memory")["used_memory"]) - used_before) / queries,
+    }
+    client.close()
+    return result
+
+
+REDIS_URL = ""
+
+
+def main() -> None:
+    global REDIS_URL
+    impl, scenario, pg_port, REDIS_URL = sys.argv[1:5]
+    role = sys.argv[5] if len(sys.argv) > 5 else ""
+    setup(impl, pg_port, REDIS_URL)
+    count_round_trips()
+    if scenario == "seed":
+        result = seed()
+    elif scenario == "latency":
+        result = latency(impl)
+    elif scenario == "hitratio":
+        result = hitratio(impl)
+    elif scenario == "race":
+        result = race(impl, role)
+    elif scenario == "stampede":
+        result = stampede(impl)
+    elif scenario == "memory":
+        result = memory(impl)
+    else:
+        raise SystemExit(f"unknown scenario {scenario}")
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The models of bench/cache.py: the same tables for every competitor."""
