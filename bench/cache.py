@@ -42,12 +42,20 @@ from tests.redis_servers import PrivateRedis  # noqa: E402
 
 WORKER = ROOT / "bench" / "cache_worker.py"
 COMPETITORS = {
-    "cacheops": ["Django>=5.2,<6", "django-cacheops==7.2", "psycopg[binary]>=3.1", "redis>=5"],
+    # hiredis everywhere: perfkit's own environment has it (the dev extra).
+    "cacheops": [
+        "Django>=5.2,<6",
+        "django-cacheops==7.2",
+        "psycopg[binary]>=3.1",
+        "redis>=5",
+        "hiredis>=3",
+    ],
     "cachalot": [
         "Django>=5.2,<6",
         "django-cachalot==2.9.1",
         "django-redis==7.0.0",
         "psycopg[binary]>=3.1",
+        "hiredis>=3",
     ],
 }
 CACHES = ["perfkit", "perfkit-key", "cacheops", "cachalot"]

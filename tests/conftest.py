@@ -44,6 +44,13 @@ def _clean_perfkit_state() -> Iterator[None]:
     reset()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _delete_keys_at_the_end() -> Iterator[None]:
+    """Leave nothing under the suite's prefix in the shared Redis (tokens live a day)."""
+    yield
+    _delete_test_keys()
+
+
 @pytest_asyncio.fixture
 async def _close_gateway_async_client() -> AsyncIterator[None]:
     """redis.asyncio connections belong to the test's event loop: close them in it."""

@@ -214,6 +214,23 @@ def test_single_flight_one_database_execution_for_many_simultaneous_misses(
     assert sum(executions) <= 2, executions
 
 
+def test_a_miss_that_loses_the_race_to_store_uses_the_stored_entry(article: Article) -> None:
+    # Single flight's last gap: our READ missed, then another miss computed,
+    # stored and released its lock before our CAPTURE. We must not compute again.
+    queryset = Article.objects.filter(category_id=article.category_id).cache()
+    lookup = queryset._perfkit_lookup("rows")
+    assert lookup is not None
+    steps = entries._protocol(lookup)
+    assert steps.send(None)[:2] == ("script", entries.READ)
+    capture = steps.send(None)  # pretend the READ missed
+    assert capture[:2] == ("script", entries.CAPTURE)
+    stored = _cached_list(article)  # the other miss
+    reply = get_gateway().run_script(capture[1], capture[2], capture[3], None)
+    with pytest.raises(StopIteration) as done:
+        steps.send(reply)  # no ("compute",) step: the stored entry is used
+    assert [a.pk for a in done.value.value] == [a.pk for a in stored]
+
+
 def test_waiters_give_up_after_lock_wait_and_query_themselves(article: Article) -> None:
     queryset = Article.objects.filter(category_id=article.category_id).cache()
     lookup = queryset._perfkit_lookup("rows")
@@ -226,6 +243,26 @@ def test_waiters_give_up_after_lock_wait_and_query_themselves(article: Article) 
         waited = time.monotonic() - started
     assert {a.pk for a in rows} >= {article.pk}
     assert waited >= 0.1
+
+
+def test_waiters_stop_waiting_when_the_lock_is_released_without_an_entry(
+    article: Article,
+) -> None:
+    # The first miss's result was refused (a write raced it): its lock goes, no
+    # entry comes. The others must not sit out LOCK_WAIT for nothing.
+    lookup = Article.objects.filter(category_id=article.category_id).cache()._perfkit_lookup("rows")
+    assert lookup is not None
+    gateway = get_gateway()
+    gateway.run(lambda c: c.set(lookup.lock, "first", px=60_000), None)
+    release = threading.Timer(0.1, lambda: gateway.run(lambda c: c.delete(lookup.lock), None))
+    release.start()
+    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "CACHE": {"LOCK_WAIT": 5.0}}):
+        started = time.monotonic()
+        rows = _cached_list(article)
+        waited = time.monotonic() - started
+    release.join()
+    assert article.pk in {a.pk for a in rows}
+    assert 0.1 <= waited < 2.0
 
 
 # -- early refresh (XFetch) -------------------------------------------------------------------

@@ -220,7 +220,7 @@ def test_e013_trusted_proxies_as_a_string() -> None:
         ({"MODELS": ["news.Article"]}, ["perfkit.E016"]),
         ({"MODELS": {"news.Article": 0}}, ["perfkit.E016"]),
         ({"MODELS": {"news.Articel": 60}}, ["perfkit.E017"]),
-        ({"MODELS": {"news.Comment": 60}}, ["perfkit.W005"]),
+        ({"MODELS": {"news.ArticleStats": 60}}, ["perfkit.W005"]),
         ({"DEFAULT_TIMOUT": 60}, ["perfkit.W006"]),
     ],
 )
@@ -243,6 +243,6 @@ def test_good_cache_settings_pass() -> None:
 
 
 def test_cache_messages_name_the_fix() -> None:
-    with override_settings(PERFKIT={"CACHE": {"MODELS": {"news.Comment": 60}}}):
+    with override_settings(PERFKIT={"CACHE": {"MODELS": {"news.ArticleStats": 60}}}):
         (msg,) = check_settings()
     assert "CachedManager" in (msg.hint or "")

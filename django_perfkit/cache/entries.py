@@ -19,10 +19,14 @@ matching as soon as the bump lands; the bump lands before the writer's
 ``save()`` returns.
 
 Single flight: the miss that takes the lock computes; the others poll ``READ``
-(2 ms, doubling, up to 50 ms apart) for ``LOCK_WAIT`` seconds, then query the
-database themselves. Early refresh (XFetch): a hit whose entry is close to
-expiry, with probability growing as expiry nears and with the query's cost,
-is recomputed by one caller while the others keep getting the cached result.
+(2 ms, doubling, up to 50 ms apart) until the entry is there, for at most
+``LOCK_WAIT`` seconds, and query the database themselves if it does not come:
+the wait ends early when the lock is released without an entry (a write
+raced the computation and its result was refused).
+
+Early refresh (XFetch): a hit whose entry is close to expiry, with probability
+growing as expiry nears and with the query's cost, is recomputed by one caller
+while the others keep getting the cached result.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,36 +51,54 @@ from django_perfkit.versions.writes import reading
 
 logger = logging.getLogger("django_perfkit.cache")
 
-READ = LuaScript(
-    """
-local v = redis.call('GET', KEYS[1])
-if not v then return false end
-local nl = string.find(v, '\\n', 1, true)
-local n = tonumber(string.sub(v, 1, nl - 1))
-local pos = nl + 1
-for i = 1, n do
-  local e1 = string.find(v, '\\n', pos, true)
-  local e2 = string.find(v, '\\n', e1 + 1, true)
-  if redis.call('GET', string.sub(v, pos, e1 - 1)) ~= string.sub(v, e1 + 1, e2 - 1) then
-    return false
+#: Lua: the payload of the entry stored at ``key`` if all its tokens still match, else nil.
+_VALID = """
+local function valid(key)
+  local v = redis.call('GET', key)
+  if not v then return nil end
+  local nl = string.find(v, '\\n', 1, true)
+  local n = tonumber(string.sub(v, 1, nl - 1))
+  local pos = nl + 1
+  for i = 1, n do
+    local e1 = string.find(v, '\\n', pos, true)
+    local e2 = string.find(v, '\\n', e1 + 1, true)
+    if redis.call('GET', string.sub(v, pos, e1 - 1)) ~= string.sub(v, e1 + 1, e2 - 1) then
+      return nil
+    end
+    pos = e2 + 1
   end
-  pos = e2 + 1
+  return string.sub(v, pos)
 end
-return string.sub(v, pos)
+"""
+
+#: KEYS: entry [, lock]. The entry's payload if every token matches; else, given
+#: the lock, 1 while someone holds it and 0 when nobody does.
+READ = LuaScript(
+    _VALID
+    + """
+local payload = valid(KEYS[1])
+if payload then return payload end
+if KEYS[2] then return redis.call('EXISTS', KEYS[2]) end
+return false
 """,
     name="cache.read",
 )
 
-#: KEYS: lock, tokens...; ARGV: lock owner ('' = do not lock), lock ms.
-#: Returns {1 if locked here else 0, value or '' per token}.
+#: KEYS: lock, entry, tokens...; ARGV: lock owner, lock ms, "refresh" or "".
+#: {2, payload} if a valid entry appeared since the read (another miss stored
+#: it; not asked on an early refresh, whose entry is valid); else {1 if locked
+#: here else 0, then the value or '' of each token}.
 CAPTURE = LuaScript(
-    """
-local out = {0}
-if ARGV[1] ~= '' then
-  if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then out[1] = 1 end
+    _VALID
+    + """
+if ARGV[3] ~= 'refresh' then
+  local payload = valid(KEYS[2])
+  if payload then return {2, payload} end
 end
-for i = 2, #KEYS do
-  out[i] = redis.call('GET', KEYS[i]) or ''
+local out = {0}
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then out[1] = 1 end
+for i = 3, #KEYS do
+  out[i - 1] = redis.call('GET', KEYS[i]) or ''
 end
 return out
 """,
@@ -135,6 +157,15 @@ end
 return ok
 """,
     name="cache.store",
+)
+
+#: KEYS: lock; ARGV: owner. Releases the lock only if this caller still holds it.
+RELEASE = LuaScript(
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+""",
+    name="cache.release",
 )
 
 _MISSING = object()
@@ -218,11 +249,19 @@ def _storable(plan: Plan, read_tables: set[str]) -> bool:
     return "*" not in read_tables and read_tables <= plan.tables
 
 
-def get(lookup: Lookup, compute: Callable[[], Any]) -> Any:
-    """The cached result of ``compute``, or its fresh result (stored when it may be)."""
-    gateway = get_gateway()
+# -- the protocol, once, for both drivers ------------------------------------------------
+#
+# _protocol() is a generator that says what to do and gets the answers: ("script",
+# script, keys, args) -> the reply (None on failure), ("sleep", seconds) -> None,
+# ("compute",) -> the result (an exception from it is thrown back in). get() runs
+# it with blocking calls, aget() with awaits; the logic is written once.
+
+_Step = tuple[Any, ...]
+
+
+def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
     started = time.perf_counter()
-    raw = gateway.run_script(READ, [lookup.entry], [], None)
+    raw = yield ("script", READ, [lookup.entry], [])
     cached: Any = _MISSING
     if raw is not None:
         cached, refresh = _decode(raw, lookup.settings.early_refresh_beta)
@@ -232,13 +271,23 @@ def get(lookup: Lookup, compute: Callable[[], Any]) -> Any:
     plan = lookup.make_plan()
     if plan is None:
         _stats_add(False, time.perf_counter() - started, skipped=True)
-        return compute()
+        return (yield ("compute",))
     owner = secrets.token_hex(8)
     lock_ms = int(lookup.settings.lock_timeout * 1000)
-    reply = gateway.run_script(CAPTURE, [lookup.lock, *plan.static], [owner, lock_ms], None)
+    keys = [lookup.lock, lookup.entry, *plan.static]
+    mode = "refresh" if cached is not _MISSING else ""
+    reply = yield ("script", CAPTURE, keys, [owner, lock_ms, mode])
     if reply is None:  # Redis is not answering: the database it is
         _stats_add(False, time.perf_counter() - started)
-        return cached if cached is not _MISSING else compute()
+        return cached if cached is not _MISSING else (yield ("compute",))
+    if reply[0] == 2:
+        # Stored by another miss between our read and now (single flight's
+        # last gap: that miss released its lock before we asked for it).
+        value, _refresh = _decode(reply[1], 0.0)
+        if value is not _MISSING:
+            _stats_add(True, time.perf_counter() - started)
+            return value
+        return (yield ("compute",))
     locked = reply[0] == 1
     captured = reply[1:]
     if not locked:
@@ -249,113 +298,91 @@ def get(lookup: Lookup, compute: Callable[[], Any]) -> Any:
         deadline = time.monotonic() + lookup.settings.lock_wait
         delay = _POLL_FIRST
         while time.monotonic() < deadline:
-            time.sleep(delay)
+            yield ("sleep", delay)
             delay = min(delay * 2, _POLL_MAX)
-            raw = gateway.run_script(READ, [lookup.entry], [], None)
-            if raw is not None:
+            raw = yield ("script", READ, [lookup.entry, lookup.lock], [])
+            if isinstance(raw, bytes):
                 value, _refresh = _decode(raw, 0.0)
                 if value is not _MISSING:
                     _stats_add(True, time.perf_counter() - started)
                     return value
+            if raw != 1:
+                break  # the lock is gone with no entry (its result was not stored)
         owner = ""
     cache_seconds = time.perf_counter() - started
     read_tables: set[str] = set()
     token = reading.set(read_tables)
     computed_at = time.perf_counter()
     try:
-        value = compute()
+        value = yield ("compute",)
     except BaseException:
         if owner:
-            gateway.run(lambda client: client.delete(lookup.lock), None)
+            yield ("script", RELEASE, [lookup.lock], [owner])
         raise
     finally:
         reading.reset(token)
     compute_seconds = time.perf_counter() - computed_at
     store_started = time.perf_counter()
-    stored = _store(gateway, lookup, plan, captured, owner, value, compute_seconds, read_tables)
+    body = _encode(value, lookup, compute_seconds) if _storable(plan, read_tables) else None
+    if body is None:
+        if owner:
+            yield ("script", RELEASE, [lookup.lock], [owner])
+        stored = False
+    else:
+        keys, args = _store_args(lookup, plan, captured, owner, value, body)
+        stored = bool((yield ("script", STORE, keys, args)))
     _stats_add(False, cache_seconds + time.perf_counter() - store_started, skipped=not stored)
     return value
 
 
-def _store(
-    gateway: Any,
-    lookup: Lookup,
-    plan: Plan,
-    captured: list[Any],
-    owner: str,
-    value: Any,
-    compute_seconds: float,
-    read_tables: set[str],
-) -> bool:
-    body = _encode(value, lookup, compute_seconds) if _storable(plan, read_tables) else None
-    if body is None:
-        if owner:
-            gateway.run(lambda client: client.delete(lookup.lock), None)
-        return False
-    keys, args = _store_args(lookup, plan, captured, owner, value, body)
-    return bool(gateway.run_script(STORE, keys, args, None))
+def get(lookup: Lookup, compute: Callable[[], Any]) -> Any:
+    """The cached result of ``compute``, or its fresh result (stored when it may be)."""
+    gateway = get_gateway()
+    steps = _protocol(lookup)
+    answer: Any = None
+    try:
+        while True:
+            step = steps.send(answer)
+            if step[0] == "script":
+                answer = gateway.run_script(step[1], step[2], step[3], None)
+            elif step[0] == "sleep":
+                time.sleep(step[1])
+                answer = None
+            else:
+                try:
+                    answer = compute()
+                except BaseException as exc:
+                    answer = None
+                    step = steps.throw(exc)
+                    # The protocol releases the lock, then re-raises.
+                    while True:
+                        answer = gateway.run_script(step[1], step[2], step[3], None)
+                        step = steps.send(answer)
+    except StopIteration as done:
+        return done.value
 
 
 async def aget(lookup: Lookup, compute: Callable[[], Awaitable[Any]]) -> Any:
     """The async form of :func:`get`: Redis through ``redis.asyncio``; ``compute`` awaited."""
     gateway = get_gateway()
-    started = time.perf_counter()
-    raw = await gateway.arun_script(READ, [lookup.entry], [], None)
-    cached: Any = _MISSING
-    if raw is not None:
-        cached, refresh = _decode(raw, lookup.settings.early_refresh_beta)
-        if cached is not _MISSING and not refresh:
-            _stats_add(True, time.perf_counter() - started)
-            return cached
-    plan = lookup.make_plan()
-    if plan is None:
-        _stats_add(False, time.perf_counter() - started, skipped=True)
-        return await compute()
-    owner = secrets.token_hex(8)
-    lock_ms = int(lookup.settings.lock_timeout * 1000)
-    reply = await gateway.arun_script(CAPTURE, [lookup.lock, *plan.static], [owner, lock_ms], None)
-    if reply is None:
-        _stats_add(False, time.perf_counter() - started)
-        return cached if cached is not _MISSING else await compute()
-    locked = reply[0] == 1
-    captured = reply[1:]
-    if not locked:
-        if cached is not _MISSING:
-            _stats_add(True, time.perf_counter() - started)
-            return cached
-        deadline = time.monotonic() + lookup.settings.lock_wait
-        delay = _POLL_FIRST
-        while time.monotonic() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _POLL_MAX)
-            raw = await gateway.arun_script(READ, [lookup.entry], [], None)
-            if raw is not None:
-                value, _refresh = _decode(raw, 0.0)
-                if value is not _MISSING:
-                    _stats_add(True, time.perf_counter() - started)
-                    return value
-        owner = ""
-    cache_seconds = time.perf_counter() - started
-    read_tables: set[str] = set()
-    token = reading.set(read_tables)
-    computed_at = time.perf_counter()
+    steps = _protocol(lookup)
+    answer: Any = None
     try:
-        value = await compute()
-    except BaseException:
-        if owner:
-            await gateway.arun(lambda client: client.delete(lookup.lock), None)
-        raise
-    finally:
-        reading.reset(token)
-    compute_seconds = time.perf_counter() - computed_at
-    store_started = time.perf_counter()
-    body = _encode(value, lookup, compute_seconds) if _storable(plan, read_tables) else None
-    if body is None:
-        if owner:
-            await gateway.arun(lambda client: client.delete(lookup.lock), None)
-        stored = False
-    else:
-        keys, args = _store_args(lookup, plan, captured, owner, value, body)
-        stored = bool(await gateway.arun_script(STORE, keys, args, None))
-    _stats_add(False, cache_seconds + time.perf_counter() - store_started, skipped=not stored)
-    return value
+        while True:
+            step = steps.send(answer)
+            if step[0] == "script":
+                answer = await gateway.arun_script(step[1], step[2], step[3], None)
+            elif step[0] == "sleep":
+                await asyncio.sleep(step[1])
+                answer = None
+            else:
+                try:
+                    answer = await compute()
+                except BaseException as exc:
+                    answer = None
+                    step = steps.throw(exc)
+                    while True:
+                        answer = await gateway.arun_script(step[1], step[2], step[3], None)
+                        step = steps.send(answer)
+    except StopIteration as done:
+        return done.value

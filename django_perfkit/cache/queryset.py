@@ -130,22 +130,30 @@ class CachedQuerySetMixin(_Base):
             return None
         tokens = tokens_for(alias)
         sql_params: tuple[str, tuple[Any, ...]] | None = None
-        if dirty and source is not None:
-            return None  # rare; the caller takes the general path
-        if options.key is None or dirty:
+        if dirty:
+            if source is not None:
+                return None  # rare; the caller takes the general path
+            # The transaction wrote something: which tables does this read?
             try:
                 sql_params = analysis.query_sql(self)
             except EmptyResultSet:
                 return None
-            if dirty and ("*" in dirty or analysis.tables_in(sql_params[0]) & dirty):
+            if "*" in dirty or analysis.tables_in(sql_params[0]) & dirty:
                 return None
-            if dirty and self.model._meta.db_table in dirty:
+            if self.model._meta.db_table in dirty:
                 return None
         if options.key is not None:
-            name = f"k:{options.key}:{kind}:{extra}"
+            name = f"k:{self.model._meta.label_lower}:{options.key}:{kind}:{extra}"
         else:
-            assert sql_params is not None
-            name = analysis.entry_name(self, kind, extra, *sql_params)
+            state = analysis.fingerprint(self)
+            if state is None:
+                if sql_params is None:
+                    try:
+                        sql_params = analysis.query_sql(self)
+                    except EmptyResultSet:
+                        return None
+                state = analysis.sql_state(*sql_params, self)
+            name = analysis.entry_name(self, kind, extra, state)
         timeout = options.timeout or cache_settings.default_timeout
         return entries.Lookup(
             alias=alias,
@@ -196,7 +204,15 @@ class CachedQuerySetMixin(_Base):
             if lookup is not None:
                 uncached = functools.partial(self.nocache().get, *args, **kwargs)
                 return entries.get(lookup, uncached)
+            # The key names get()'s own entry, never the filtered rows': without
+            # the shortcut, the rows are named by their query.
+            return self._perfkit_without_key(options).get(*args, **kwargs)
         return super().get(*args, **kwargs)
+
+    def _perfkit_without_key(self, options: _Options) -> Any:
+        clone = _private(self)._chain()
+        clone._perfkit_cache = _Options(options.timeout, None)
+        return clone
 
     def count(self) -> int:
         if self._result_cache is None:
@@ -256,6 +272,7 @@ class CachedQuerySetMixin(_Base):
             if lookup is not None:
                 uncached = sync_to_async(functools.partial(self.nocache().get, *args, **kwargs))
                 return await entries.aget(lookup, uncached)
+            return await self._perfkit_without_key(options).aget(*args, **kwargs)
         if self.query.combinator and (args or kwargs):
             return await super().aget(*args, **kwargs)
         clone: Any = (

@@ -50,16 +50,14 @@ __all__ = [
     "tokens_for",
 ]
 
-#: Bump each key: ``INCR`` if it exists, else start it at a random value.
-#: ARGV: seed, token TTL in ms.
+#: Bump each key: ``INCR`` it; one that did not exist (``INCR`` answers 1: tokens
+#: never hold 0) starts at a random value instead. ARGV: seed, token TTL in ms.
 BUMP = LuaScript(
     """
 local seed = ARGV[1]
 local ttl = tonumber(ARGV[2])
 for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('INCR', KEYS[i])
-  else
+  if redis.call('INCR', KEYS[i]) == 1 then
     redis.call('SET', KEYS[i], seed .. i, 'PX', ttl)
   end
 end
@@ -83,6 +81,14 @@ class Tokens:
         self.alias = alias
         self.base = f"{prefix}:{{v:{alias}}}:"
         self.epoch = self.base + "epoch"
+
+    @classmethod
+    def from_base(cls, base: str, alias: str = "") -> Tokens:
+        tokens = cls.__new__(cls)
+        tokens.alias = alias
+        tokens.base = base
+        tokens.epoch = base + "epoch"
+        return tokens
 
     def table(self, table: str) -> str:
         return f"{self.base}t:{table}"

@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -165,11 +165,73 @@ def _pk_values(where: str, table: str, info: TableInfo, params: list[Any]) -> li
     return params[len(params) - count :]
 
 
+class _Slot:
+    """A stand-in for the i-th parameter while a statement is read once."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+class _SlotKey(NamedTuple):
+    """A value token whose value is a parameter: filled in per execution."""
+
+    table: str
+    column: str
+    index: int
+
+
+class _RecordingTokens(Tokens):
+    """Tokens that leave a parameter's value token as a :class:`_SlotKey`."""
+
+    def value(self, table: str, column: str, value: Any) -> Any:
+        if isinstance(value, _Slot):
+            return _SlotKey(table, column, value.index)
+        return super().value(table, column, value)
+
+
+_Recipe = list[Any] | None  # str keys and _SlotKeys; None: the epoch
+_recipes: dict[tuple[str, str, bool, int], _Recipe] = {}
+_RECIPES_MAX = 2048
+
+
 def write_keys(tokens: Tokens, sql: str, params: Any, many: bool) -> list[str] | None:
     """The tokens a statement bumps; ``[]`` for a statement that writes nothing.
 
     ``None`` means "cannot tell which table": bump the alias's epoch.
+
+    A statement is read once per text: the same ``save()`` sends the same SQL
+    with other parameters, so what is kept is a recipe whose value tokens are
+    filled in from each execution's parameters (a dict lookup, not a parse).
     """
+    positional = not many and isinstance(params, (list, tuple))
+    cache_key = (tokens.base, sql, many, len(params) if positional else -1)
+    recipe = _recipes.get(cache_key, _MISSING)
+    if recipe is _MISSING:
+        recording = _RecordingTokens.from_base(tokens.base, tokens.alias)
+        stand_ins = [_Slot(i) for i in range(len(params))] if positional else params
+        recipe = _read_statement(recording, sql, stand_ins, many)
+        if len(_recipes) >= _RECIPES_MAX:
+            _recipes.clear()
+        _recipes[cache_key] = recipe
+    if recipe is None:
+        return None
+    keys: list[str] = []
+    for key in recipe:
+        if type(key) is str:
+            keys.append(key)
+        else:
+            value = params[key.index]
+            if value is not None:
+                keys.append(tokens.value(key.table, key.column, value))
+    return keys
+
+
+_MISSING: Any = object()
+
+
+def _read_statement(tokens: Tokens, sql: str, params: Any, many: bool) -> list[Any] | None:
     m = _FIRST_WORD.match(sql)
     if m is None:
         return None
@@ -188,32 +250,14 @@ def write_keys(tokens: Tokens, sql: str, params: Any, many: bool) -> list[str] |
         plist = list(params)
     else:
         plist = None  # named parameters: no positional reading
-    if word == "INSERT":
-        mi = None if _INSERT_OR.match(sql) else _INSERT.match(sql)
-        if mi is None:
-            return _coarse(tokens, sql)
-        table = _unquote(mi.group(1))
-        return _insert_keys(tokens, table, mi.group(2), mi.group(3), plist)
-    if word == "UPDATE":
-        mu = _UPDATE.match(sql)
-        if mu is None:
-            return _coarse(tokens, sql)
-        table = _unquote(mu.group(1))
-        return _update_keys(tokens, table, mu.group(2), mu.group(3), plist)
-    if word == "DELETE":
-        md = _DELETE.match(sql)
-        if md is None:
-            return _coarse(tokens, sql)
-        table = _unquote(md.group(1))
-        info = table_info(table)
-        where = md.group(2)
-        if info is None or where is None or plist is None:
-            return [tokens.table(table)]
-        pks = _pk_values(where, table, info, plist)
-        if pks is None:
-            return [tokens.table(table)]
-        return [tokens.scan(table), *(tokens.value(table, info.pk, pk) for pk in pks)]
-    return _coarse(tokens, sql)
+    handler = _HANDLERS.get(word)
+    if handler is None:
+        return _coarse(tokens, sql)
+    pattern, keys_for = handler
+    match = None if word == "INSERT" and _INSERT_OR.match(sql) else pattern.match(sql)
+    if match is None:
+        return _coarse(tokens, sql)
+    return keys_for(tokens, _unquote(match.group(1)), match, plist)
 
 
 def _coarse(tokens: Tokens, sql: str) -> list[str] | None:
@@ -224,8 +268,9 @@ def _coarse(tokens: Tokens, sql: str) -> list[str] | None:
 
 
 def _insert_keys(
-    tokens: Tokens, table: str, columns: str, values: str, params: list[Any] | None
+    tokens: Tokens, table: str, match: re.Match[str], params: list[Any] | None
 ) -> list[str]:
+    columns, values = match.group(2), match.group(3)
     info = table_info(table)
     if info is None or params is None:
         return [tokens.table(table)]
@@ -266,8 +311,9 @@ def _insert_keys(
 
 
 def _update_keys(
-    tokens: Tokens, table: str, assignments: str, where: str, params: list[Any] | None
+    tokens: Tokens, table: str, match: re.Match[str], params: list[Any] | None
 ) -> list[str]:
+    assignments, where = match.group(2), match.group(3)
     info = table_info(table)
     if info is None or params is None:
         return [tokens.table(table)]
@@ -302,6 +348,27 @@ def _update_keys(
         if fk not in assigned:
             keys.append(tokens.generation(table, fk))
     return keys
+
+
+def _delete_keys(
+    tokens: Tokens, table: str, match: re.Match[str], params: list[Any] | None
+) -> list[str]:
+    info = table_info(table)
+    where = match.group(2)
+    if info is None or where is None or params is None:
+        return [tokens.table(table)]
+    pks = _pk_values(where, table, info, params)
+    if pks is None:
+        return [tokens.table(table)]
+    return [tokens.scan(table), *(tokens.value(table, info.pk, pk) for pk in pks)]
+
+
+_KeysFor = Callable[[Tokens, str, "re.Match[str]", "list[Any] | None"], list[str]]
+_HANDLERS: dict[str, tuple[re.Pattern[str], _KeysFor]] = {
+    "INSERT": (_INSERT, _insert_keys),
+    "UPDATE": (_UPDATE, _update_keys),
+    "DELETE": (_DELETE, _delete_keys),
+}
 
 
 # -- transactions ---------------------------------------------------------------
@@ -425,3 +492,4 @@ def install_on_all_connections() -> None:
 def reset_state() -> None:
     global _tables
     _tables = None
+    _recipes.clear()
