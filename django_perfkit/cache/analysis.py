@@ -132,11 +132,12 @@ class _StatePickler(pickle.Pickler):
             return (type(obj), (), state)
         if not isinstance(obj, (BaseExpression, Node)):
             return NotImplemented  # fields, models: their own (by-reference) pickling
-        state = getattr(obj, "__dict__", None)
-        if state is None:
+        expression_state = getattr(obj, "__dict__", None)
+        if expression_state is None:
             return NotImplemented
         # One form for every expression, whether or not it has cached anything yet.
-        return (type(obj), (), {k: v for k, v in state.items() if k not in _DERIVED})
+        kept = {k: v for k, v in expression_state.items() if k not in _DERIVED}
+        return (type(obj), (), kept)
 
 
 def entry_name(queryset: Any, kind: str, extra: str, state: bytes) -> str:

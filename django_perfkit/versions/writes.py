@@ -179,7 +179,7 @@ class _SlotKey(NamedTuple):
 
     table: str
     column: str
-    index: int
+    position: int
 
 
 class _RecordingTokens(Tokens):
@@ -222,7 +222,7 @@ def write_keys(tokens: Tokens, sql: str, params: Any, many: bool) -> list[str] |
         if type(key) is str:
             keys.append(key)
         else:
-            value = params[key.index]
+            value = params[key.position]
             if value is not None:
                 keys.append(tokens.value(key.table, key.column, value))
     return keys
