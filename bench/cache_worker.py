@@ -181,6 +181,24 @@ def latency(impl: str) -> dict[str, Any]:
     results["get_us"] = _median_us(get)
     results["list_us"] = _median_us(listing)
     results["count_us"] = _median_us(count)
+    if impl == "none":
+        # What any cache pays before it can look: Django building the queryset
+        # (get() builds its filtered clone) without running it.
+        def build_get(i: int) -> Any:
+            qs = Item.objects.filter(pk=pks[i % len(pks)]).order_by()
+            qs.query.set_limits(high=21)
+            return qs
+
+        def build_list(i: int) -> Any:
+            return Item.objects.filter(category_id=cats[i % len(cats)]).select_related("author")[
+                :20
+            ]
+
+        results["build_get_us"] = _median_us(build_get)
+        results["build_list_us"] = _median_us(build_list)
+        results["build_count_us"] = _median_us(
+            lambda i: Item.objects.filter(category_id=cats[i % len(cats)])
+        )
     # save(): rows of categories that the reads above did not touch.
     victims = list(Item.objects.filter(category_id__in=cats[-3:]).order_by("id")[:50])
     rng = random.Random(2)

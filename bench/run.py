@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import cache as cache_bench  # noqa: E402
 from bench import query_collector  # noqa: E402
 from bench import ratelimit as ratelimit_bench  # noqa: E402
 
@@ -122,6 +123,30 @@ def main() -> None:
         text,
         "",
     ]
+    print("bench: queryset caching (private PostgreSQL and Redis, competitors in .bench/venvs)...",
+          flush=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "cache.py"), "--json"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    text = cache_bench.table(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(text, flush=True)
+    sections += [
+        "## Queryset caching: hits, writes, correctness, stampedes",
+        "",
+        cache_bench.__doc__.split("\n\n", 1)[1].strip(),  # type: ignore[union-attr]
+        "",
+        text,
+        "",
+        "How to read these: ratios in brackets are to the uncached query and to the floor. "
+        "The floor leaves out what any ORM cache must do before it can ask Redis: build the "
+        "queryset (`Item.objects.filter(...)`, 50-100 µs here) and name the entry. "
+        "`perfkit` names entries by the pickled query state, `perfkit-key` by the name "
+        "given to `.cache(key=...)` (and its `get()` does not build the filtered queryset). "
+        "A stale read is one that returned a version older than one whose `save()` had "
+        "returned before the read began.",
+        "",
+    ]
     sections += [
         "## Reproduce",
         "",
@@ -129,6 +154,7 @@ def main() -> None:
         "make bench                      # everything, rewrites this page",
         "python bench/query_collector.py --db postgresql --rounds 15   # one table",
         "python bench/ratelimit.py                                     # another",
+        "python bench/cache.py                                         # another",
         "```",
         "",
     ]

@@ -11,17 +11,31 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "CachedManager",
+    "CachedQuerySet",
+    "CachedQuerySetMixin",
     "PerfkitMiddleware",
     "RequestRecord",
     "__version__",
+    "ainvalidate",
+    "ainvalidate_all",
     "current_record",
     "get_gateway",
+    "invalidate",
+    "invalidate_all",
     "ratelimit",
     "record_request",
     "timer",
 ]
 
 _LAZY = {
+    "CachedManager": "django_perfkit.cache",
+    "CachedQuerySet": "django_perfkit.cache",
+    "CachedQuerySetMixin": "django_perfkit.cache",
+    "ainvalidate": "django_perfkit.cache",
+    "ainvalidate_all": "django_perfkit.cache",
+    "invalidate": "django_perfkit.cache",
+    "invalidate_all": "django_perfkit.cache",
     "PerfkitMiddleware": "django_perfkit.middleware",
     "RequestRecord": "django_perfkit.record",
     "current_record": "django_perfkit.record",
@@ -31,6 +45,15 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from django_perfkit.cache import (
+        CachedManager,
+        CachedQuerySet,
+        CachedQuerySetMixin,
+        ainvalidate,
+        ainvalidate_all,
+        invalidate,
+        invalidate_all,
+    )
     from django_perfkit.middleware import PerfkitMiddleware
     from django_perfkit.ratelimit.decorators import ratelimit
     from django_perfkit.record import RequestRecord, current_record, record_request, timer

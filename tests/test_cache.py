@@ -640,3 +640,39 @@ def test_different_queries_get_different_names(world: dict) -> None:
     # The same query built twice has one name.
     again = Article.objects.filter(pk=1)
     assert analysis.fingerprint(again) == analysis.fingerprint(Article.objects.filter(pk=1))
+
+
+def test_a_write_perfkit_cannot_attribute_bumps_the_epoch(world: dict) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("a DO block is PostgreSQL's")
+    before = _observed(world)
+    _raw("DO $$ BEGIN UPDATE news_article SET title = 'from a DO block'; END $$")
+    assert _observed(world) == _truth(world) != before
+
+
+def test_migrations_start_a_new_epoch(world: dict) -> None:
+    from django_perfkit.cache import _on_post_migrate
+
+    news_list(world)
+    _on_post_migrate(using="default")
+    with record_request() as record:
+        news_list(world)
+    assert record.cache.misses == 1
+
+
+def test_server_timing_shows_the_cache_of_a_real_request(client, world: dict) -> None:
+    for _ in range(3):
+        response = client.get("/articles/")
+    assert "cache;dur=" in response["Server-Timing"]
+    assert " 0 misses" in response["Server-Timing"] or "0 miss" in response["Server-Timing"]
+
+
+async def test_async_get_by_explicit_key_hits_without_the_database(world: dict) -> None:
+    pk = world["articles"][0].pk
+    first = await Article.objects.cache(key=f"a:{pk}").aget(pk=pk)
+    with record_request() as record:
+        again = await Article.objects.cache(key=f"a:{pk}").aget(pk=pk)
+    assert (again.pk, again.title) == (first.pk, first.title)
+    assert (record.db.count, record.cache.hits) == (0, 1)
+    with pytest.raises(Article.DoesNotExist):
+        await Article.objects.cache(key="a:none").aget(pk=-1)
