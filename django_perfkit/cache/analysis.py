@@ -12,6 +12,7 @@ depend on that value's token instead of on every write to the table (see
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
 import io
 import pickle
@@ -105,39 +106,67 @@ class _StatePickler(pickle.Pickler):
     """
 
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, ForeignObjectRel):
+        # Called for every object that is not a plain value: the branch is
+        # decided once per class.
+        cls = type(obj)
+        kind = _KINDS.get(cls)
+        if kind is None:
+            kind = _KINDS[cls] = _kind_of(cls)
+        if kind is _Kind.OTHER:
+            return NotImplemented  # fields, models: their own (by-reference) pickling
+        if kind is _Kind.REL:
             # Shared by every query through the relation, and it caches
             # (many_to_many, cache_name...): named by its field instead.
-            return (type(obj), ("rel", obj.field.model._meta.label_lower, obj.field.name))
-        if isinstance(obj, Options):
-            return (type(obj), ("opts", obj.label_lower))
-        if isinstance(obj, Query):
-            # Joins a compile set up and then found unused stay behind with a
-            # reference count of 0; they are not in the SQL, so not in the name.
-            state = dict(obj.__dict__)
-            refcount = state.get("alias_refcount", {})
-            unused = {alias for alias, count in refcount.items() if not count}
-            if unused:
-                state["alias_refcount"] = {a: c for a, c in refcount.items() if c}
-                state["alias_map"] = {
-                    a: j for a, j in state.get("alias_map", {}).items() if a not in unused
-                }
-                state["table_map"] = {
-                    t: [a for a in aliases if a not in unused]
-                    for t, aliases in state.get("table_map", {}).items()
-                    if any(a not in unused for a in aliases)
-                }
-            for name in _DERIVED:
-                state.pop(name, None)
-            return (type(obj), (), state)
-        if not isinstance(obj, (BaseExpression, Node)):
-            return NotImplemented  # fields, models: their own (by-reference) pickling
-        expression_state = getattr(obj, "__dict__", None)
-        if expression_state is None:
-            return NotImplemented
+            return (cls, ("rel", obj.field.model._meta.label_lower, obj.field.name))
+        if kind is _Kind.OPTIONS:
+            return (cls, ("opts", obj.label_lower))
+        state = obj.__dict__
+        if kind is _Kind.QUERY:
+            return (cls, (), _query_state(state))
         # One form for every expression, whether or not it has cached anything yet.
-        kept = {k: v for k, v in expression_state.items() if k not in _DERIVED}
-        return (type(obj), (), kept)
+        return (cls, (), {k: v for k, v in state.items() if k not in _DERIVED})
+
+
+class _Kind(enum.Enum):
+    OTHER = 0
+    REL = 1
+    OPTIONS = 2
+    QUERY = 3
+    EXPRESSION = 4
+
+
+_KINDS: dict[type, _Kind] = {}
+
+
+def _kind_of(cls: type) -> _Kind:
+    if issubclass(cls, ForeignObjectRel):
+        return _Kind.REL
+    if issubclass(cls, Options):
+        return _Kind.OPTIONS
+    if issubclass(cls, Query):
+        return _Kind.QUERY
+    if issubclass(cls, (BaseExpression, Node)) and not issubclass(cls, type):
+        return _Kind.EXPRESSION
+    return _Kind.OTHER
+
+
+def _query_state(state: dict[str, Any]) -> dict[str, Any]:
+    # Joins a compile set up and then found unused stay behind with a reference
+    # count of 0; they are not in the SQL, so not in the name.
+    state = {k: v for k, v in state.items() if k not in _DERIVED}
+    refcount = state.get("alias_refcount", {})
+    unused = {alias for alias, count in refcount.items() if not count}
+    if unused:
+        state["alias_refcount"] = {a: c for a, c in refcount.items() if c}
+        state["alias_map"] = {
+            a: j for a, j in state.get("alias_map", {}).items() if a not in unused
+        }
+        state["table_map"] = {
+            t: [a for a in aliases if a not in unused]
+            for t, aliases in state.get("table_map", {}).items()
+            if any(a not in unused for a in aliases)
+        }
+    return state
 
 
 def entry_name(queryset: Any, kind: str, extra: str, state: bytes) -> str:
