@@ -22,7 +22,7 @@ from django_perfkit.cache import entries
 from django_perfkit.record import record_request
 from django_perfkit.redis import get_gateway
 from testproject.news.models import Article, Author, Category
-from tests.redis_servers import PrivateRedis
+from tests.redis_servers import BlackHole, PrivateCluster, PrivateRedis
 from tests.settings import KEY_PREFIX, RUN_ID
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -158,6 +158,51 @@ def test_every_process_that_saw_the_breaker_open_starts_a_new_epoch(
         _cached_list(article)
         assert admin.get(epoch_key) != before
         admin.close()
+        get_gateway().close()
+
+
+def test_black_holed_redis_reads_are_served_within_the_timeout(article: Article) -> None:
+    # A Redis that accepts connections and never answers: each call waits for
+    # REDIS_TIMEOUT until the breaker opens, then none waits at all.
+    hole = BlackHole()
+    try:
+        settings_ = {"REDIS_URL": hole.url, "KEY_PREFIX": KEY_PREFIX, "REDIS_TIMEOUT": 0.05}
+        with override_settings(PERFKIT={**settings_, "BREAKER_COOLDOWN": 30}):
+            started = time.monotonic()
+            for i in range(20):
+                article.title = f"v{i + 1}"
+                article.save()
+                assert article.title in {a.title for a in _cached_list(article)}
+            elapsed = time.monotonic() - started
+            # Three timeouts open the breaker; 40 calls that each waited would
+            # take 2 s. Loose bound: a behaviour check, not a benchmark.
+            assert elapsed < 1.5
+            get_gateway().close()
+    finally:
+        hole.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> PrivateCluster:
+    private = PrivateCluster()
+    try:
+        private.start(str(tmp_path))
+        yield private
+    finally:
+        private.stop()
+
+
+def test_the_cache_works_on_redis_cluster(article: Article, cluster: PrivateCluster) -> None:
+    cluster_settings = {"REDIS_URL": cluster.url, "REDIS_CLUSTER": True, "KEY_PREFIX": KEY_PREFIX}
+    with override_settings(PERFKIT=cluster_settings):
+        _cached_list(article)
+        with record_request() as record:
+            _cached_list(article)
+        assert (record.cache.hits, record.db.count) == (1, 0)
+        article.title = "on the cluster"
+        article.save()
+        assert "on the cluster" in {a.title for a in _cached_list(article)}
+        assert Article.objects.cache().get(pk=article.pk).title == "on the cluster"
         get_gateway().close()
 
 
