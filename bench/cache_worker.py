@@ -336,6 +336,7 @@ def race(impl: str, role: str) -> dict[str, Any]:
 def stampede(impl: str) -> dict[str, Any]:
     from cacheapp.models import Item
     from django.db import connections
+    from django.db.models import CharField, Func, Value
 
     install_counter()
     threads = 100
@@ -352,13 +353,14 @@ def stampede(impl: str) -> dict[str, Any]:
         ) -> None:
             try:
                 barrier.wait()
-                # An expensive query: 50 ms in PostgreSQL (pg_sleep) before its rows.
-                qs = Item.objects.filter(category_id=category).extra(
-                    where=["(SELECT 1 FROM pg_sleep(0.05)) = 1"]
-                )[:20]
+                # An expensive query: 50 ms in PostgreSQL (pg_sleep, run for
+                # its one row) before it answers.
+                qs = Item.objects.filter(category_id=category).annotate(
+                    slow=Func(Value(0.05), function="pg_sleep", output_field=CharField())
+                )[:1]
                 list(cached(qs, impl, f"stampede:{category}"))
             except Exception as exc:
-                errors.append(type(exc).__name__)
+                errors.append(f"{type(exc).__name__}: {exc}")
             finally:
                 connections.close_all()
 
@@ -374,6 +376,7 @@ def stampede(impl: str) -> dict[str, Any]:
                 "db_executions": _counts["item_select"] - before,
                 "seconds": time.perf_counter() - started,
                 "errors": len(errors),
+                "first_error": errors[0] if errors else None,
             }
         )
     return {"rounds": rounds}

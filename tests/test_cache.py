@@ -676,3 +676,145 @@ async def test_async_get_by_explicit_key_hits_without_the_database(world: dict) 
     assert (record.db.count, record.cache.hits) == (0, 1)
     with pytest.raises(Article.DoesNotExist):
         await Article.objects.cache(key="a:none").aget(pk=-1)
+
+
+# -- found in review: cases where a finer grain would have been wrong ------------------
+
+
+def test_a_page_after_the_first_sees_writes_before_its_window(world: dict) -> None:
+    def page_two() -> list[int]:
+        qs = Article.objects.filter(category=world["news"]).order_by("pk")[1:3]
+        return [a.pk for a in qs.cache()]
+
+    before = page_two()
+    world["articles"][0].delete()  # on page one: page two's window moves
+    assert page_two() != before
+    assert page_two() == [
+        a.pk for a in Article.objects.filter(category=world["news"]).order_by("pk")[1:3]
+    ]
+
+
+def test_a_query_that_reads_its_own_table_again_depends_on_every_row(world: dict) -> None:
+    def same_category_count() -> int:
+        qs = Article.objects.filter(pk=world["articles"][0].pk)
+        return qs.annotate(n=Count("category__articles")).cache().get().n
+
+    assert same_category_count() == 3
+    baker.make(Article, category=world["news"], author=world["author"])
+    assert same_category_count() == 4
+
+
+def test_related_manager_querysets_are_not_cached(world: dict) -> None:
+    list(world["news"].articles.cache())
+    with queries() as q:
+        list(world["news"].articles.cache())
+    assert len(q) == 1
+
+
+def test_extra_tables_are_never_stored(world: dict) -> None:
+    def evaluate() -> int:
+        return len(Article.objects.extra(tables=["news_comment"]).cache())
+
+    evaluate()
+    with queries() as q:
+        evaluate()
+    assert len(q) == 1
+
+
+def test_the_active_time_zone_is_part_of_the_name(world: dict) -> None:
+    from django.utils import timezone as tz
+
+    from django_perfkit.cache import analysis
+
+    def name() -> str:
+        qs = Article.objects.filter(published_at__date="2026-01-01")
+        return analysis.entry_name(qs, "rows", "", analysis.fingerprint(qs) or b"")
+
+    with tz.override("Europe/Paris"):
+        paris = name()
+    with tz.override("America/New_York"):
+        new_york = name()
+    assert paris != new_york
+
+
+def test_get_arguments_are_named_by_their_state_not_their_repr(world: dict) -> None:
+    a, b = world["news"], world["sport"]
+    b.name = a.name  # same __str__, different rows
+    b.save()
+    first = Article.objects.cache(key="by-category").filter(author=world["author"])
+    got_a = first.filter(category=a).first()
+    got_b = (
+        Article.objects.cache(key="by-category")
+        .filter(author=world["author"])
+        .get(pk=world["others"][0].pk, category=b)
+    )
+    assert got_a.category_id == a.pk and got_b.category_id == b.pk
+
+
+def test_prefetch_tables_written_in_the_transaction_are_not_served(world: dict) -> None:
+    article = world["articles"][1]
+    tag = Tag.objects.first()
+
+    def tags() -> list[str]:
+        qs = Article.objects.filter(pk=article.pk).prefetch_related("tags").cache()
+        return [t.name for t in qs.get().tags.all()]
+
+    assert tags() == []
+    with pytest.raises(RuntimeError), transaction.atomic():
+        article.tags.add(tag)
+        assert tags() == [tag.name]  # its own write, not the cached []
+        raise RuntimeError
+    assert tags() == []  # and nothing of the rolled-back transaction was stored
+
+
+def test_a_raising_commit_hook_does_not_lose_a_bump(world: dict) -> None:
+    news_list(world)
+
+    def broken_hook() -> None:
+        raise ConnectionError("broker down")
+
+    with pytest.raises(ConnectionError), transaction.atomic():
+        transaction.on_commit(broken_hook)
+        world["articles"][2].title = "committed before the broken hook"
+        world["articles"][2].save()
+    assert "committed before the broken hook" in _titles(world)
+
+
+def test_a_missed_bump_is_made_good_by_the_next_write(world: dict) -> None:
+    from django_perfkit.versions import tokens
+
+    epoch = tokens.tokens_for("default").epoch
+    before = get_gateway().run(lambda c: c.get(epoch), None)
+    tokens.mark_missed("default")
+    world["articles"][0].save()  # a process that only writes
+    assert get_gateway().run(lambda c: c.get(epoch), None) != before
+    assert tokens._missed == {}
+
+
+def test_snapshot_isolation_reads_are_not_stored() -> None:
+    from django_perfkit.cache.queryset import snapshot_reads
+
+    class Fake:
+        def __init__(self, vendor: str, level: object, atomic: bool = True) -> None:
+            self.vendor = vendor
+            self.in_atomic_block = atomic
+            self.settings_dict = {"OPTIONS": {"isolation_level": level}}
+
+    assert snapshot_reads(Fake("sqlite", None))
+    assert not snapshot_reads(Fake("sqlite", None, atomic=False))
+    assert not snapshot_reads(Fake("postgresql", None))
+    assert snapshot_reads(Fake("postgresql", "repeatable read"))
+    assert not snapshot_reads(Fake("mysql", "read committed"))
+    assert snapshot_reads(Fake("mysql", "serializable"))
+
+
+def test_an_annotation_with_a_new_output_field_keeps_its_name(world: dict) -> None:
+    from django.db.models import CharField
+    from django.db.models.functions import Cast
+
+    from django_perfkit.cache import analysis
+
+    def name() -> bytes | None:
+        return analysis.fingerprint(Article.objects.annotate(x=Cast("pk", CharField())))
+
+    assert name() == name()

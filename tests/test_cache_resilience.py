@@ -267,7 +267,8 @@ def test_a_miss_that_loses_the_race_to_store_uses_the_stored_entry(article: Arti
     assert lookup is not None
     steps = entries._protocol(lookup)
     assert steps.send(None)[:2] == ("script", entries.READ)
-    capture = steps.send(None)  # pretend the READ missed
+    assert steps.send(None) == ("plan",)  # pretend the READ missed
+    capture = steps.send(lookup.make_plan())
     assert capture[:2] == ("script", entries.CAPTURE)
     stored = _cached_list(article)  # the other miss
     reply = get_gateway().run_script(capture[1], capture[2], capture[3], None)

@@ -155,3 +155,40 @@ def test_token_values_are_key_safe() -> None:
         spelled = token_value(value)
         assert len(spelled) == 16 and spelled.isalnum()
     assert token_value("1") != token_value(1)
+
+
+def test_set_operations_and_parenthesised_reads_bump_nothing() -> None:
+    union = '(SELECT "news_article"."id" FROM "news_article") UNION (SELECT 1)'
+    assert keys(union) == []
+
+
+def test_more_write_forms_are_never_missed() -> None:
+    assert keys("WITH d AS (DELETE\nFROM news_article RETURNING id) SELECT 1") is None
+    assert keys('TRUNCATE "news_article", "news_comment"') is None
+    assert keys('TRUNCATE "news_article" CASCADE') is None
+    assert keys('DROP TABLE "a", "b"') is None
+    assert keys('EXPLAIN ANALYZE UPDATE "news_article" SET "title" = %s', ("x",)) is None
+    assert keys("INSERT IGNORE INTO `news_article_tags` (`a`) VALUES (%s)", (1,)) == [
+        T.table("news_article_tags")
+    ]
+
+
+def test_a_composed_statement_bumps_the_epoch() -> None:
+    from django.db import connection
+
+    from django_perfkit.versions import writes
+
+    seen: list[list[str]] = []
+    original = writes.bump
+    writes.bump = lambda alias, keys: seen.append(list(keys)) or True  # type: ignore[assignment]
+    try:
+        writes.watcher(
+            lambda *a: None,
+            object(),
+            (),
+            False,
+            {"connection": connection},  # type: ignore[arg-type]
+        )
+    finally:
+        writes.bump = original  # type: ignore[assignment]
+    assert seen and seen[0][-1].endswith(":epoch")

@@ -11,24 +11,24 @@ depend on that value's token instead of on every write to the table (see
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import hashlib
 import io
 import pickle
 import re
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import EmptyResultSet, FieldDoesNotExist
 from django.db import models
-from django.db.models.expressions import BaseExpression, Col
+from django.db.models.expressions import BaseExpression, Col, RawSQL, Window
 from django.db.models.fields.reverse_related import ForeignObjectRel
 from django.db.models.lookups import Exact
 from django.db.models.options import Options
 from django.db.models.sql.query import Query
-from django.db.models.sql.where import AND
+from django.db.models.sql.where import AND, ExtraWhere
+from django.utils import timezone
 from django.utils.tree import Node
 
 from django_perfkit.versions.tokens import Tokens
@@ -59,19 +59,9 @@ def fingerprint(queryset: Any) -> bytes | None:
     miss, never a wrong answer.) ``None`` when something in it cannot be
     pickled: the entry is then named by its SQL.
     """
-    lookups = [
-        (
-            lookup.prefetch_through,
-            lookup.prefetch_to,
-            None if lookup.queryset is None else lookup.queryset.query,
-        )
-        if isinstance(lookup, models.Prefetch)
-        else str(lookup)
-        for lookup in queryset._prefetch_related_lookups
-    ]
     out = io.BytesIO()
     try:
-        _StatePickler(out, protocol=5).dump((queryset.query, lookups))
+        _StatePickler(out, protocol=5).dump(_queryset_state(queryset))
     except Exception:  # an unpicklable value in a filter or an expression
         return None
     return out.getvalue()
@@ -120,6 +110,12 @@ class _StatePickler(pickle.Pickler):
             return (cls, ("rel", obj.field.model._meta.label_lower, obj.field.name))
         if kind is _Kind.OPTIONS:
             return (cls, ("opts", obj.label_lower))
+        if kind is _Kind.FIELD:
+            if hasattr(obj, "model"):
+                return NotImplemented  # a model's field: pickled by reference
+            # An unbound field (output_field=CharField()): its state, without the
+            # counter every new Field instance increments.
+            return (cls, (), {k: v for k, v in obj.__dict__.items() if k != "creation_counter"})
         state = obj.__dict__
         if kind is _Kind.QUERY:
             return (cls, (), _query_state(state))
@@ -133,6 +129,7 @@ class _Kind(enum.Enum):
     OPTIONS = 2
     QUERY = 3
     EXPRESSION = 4
+    FIELD = 5
 
 
 _KINDS: dict[type, _Kind] = {}
@@ -145,6 +142,8 @@ def _kind_of(cls: type) -> _Kind:
         return _Kind.OPTIONS
     if issubclass(cls, Query):
         return _Kind.QUERY
+    if issubclass(cls, models.Field):
+        return _Kind.FIELD
     if issubclass(cls, (BaseExpression, Node)) and not issubclass(cls, type):
         return _Kind.EXPRESSION
     return _Kind.OTHER
@@ -154,6 +153,9 @@ def _query_state(state: dict[str, Any]) -> dict[str, Any]:
     # Joins a compile set up and then found unused stay behind with a reference
     # count of 0; they are not in the SQL, so not in the name.
     state = {k: v for k, v in state.items() if k not in _DERIVED}
+    deferred = state.get("deferred_loading")
+    if deferred is not None:  # a set of names: its order differs between processes
+        state["deferred_loading"] = (sorted(deferred[0]), deferred[1])
     refcount = state.get("alias_refcount", {})
     unused = {alias for alias, count in refcount.items() if not count}
     if unused:
@@ -167,6 +169,35 @@ def _query_state(state: dict[str, Any]) -> dict[str, Any]:
             if any(a not in unused for a in aliases)
         }
     return state
+
+
+def _queryset_state(queryset: Any) -> tuple[Any, ...]:
+    lookups = [
+        (lookup.prefetch_through, lookup.prefetch_to, _queryset_state(lookup.queryset))
+        if isinstance(lookup, models.Prefetch) and lookup.queryset is not None
+        else (lookup.prefetch_through, lookup.prefetch_to)
+        if isinstance(lookup, models.Prefetch)
+        else str(lookup)
+        for lookup in queryset._prefetch_related_lookups
+    ]
+    return (
+        queryset.query,
+        lookups,
+        queryset._iterable_class.__qualname__,
+        queryset._fields,
+        # Date lookups and truncations are computed in the active time zone.
+        timezone.get_current_timezone_name() if settings.USE_TZ else "",
+    )
+
+
+def call_state(*values: Any) -> str | None:
+    """A hash of call arguments (``get()``'s, ``aggregate()``'s); None if unpicklable."""
+    out = io.BytesIO()
+    try:
+        _StatePickler(out, protocol=5).dump(values)
+    except Exception:
+        return None
+    return hashlib.blake2b(out.getvalue(), digest_size=12).hexdigest()
 
 
 def entry_name(queryset: Any, kind: str, extra: str, state: bytes) -> str:
@@ -203,7 +234,8 @@ def fine_condition(queryset: models.QuerySet[Any]) -> tuple[str, Any, str] | Non
     """
     query = queryset.query
     where = query.where
-    if where.connector != AND or where.negated or query.combinator:
+    if where.connector != AND or where.negated or query.combinator or query.low_mark:
+        # An offset: a write to a row before the window moves the window.
         return None
     base = query.base_table
     unique: tuple[str, Any, str] | None = None
@@ -214,16 +246,55 @@ def fine_condition(queryset: models.QuerySet[Any]) -> tuple[str, Any, str] | Non
         lhs, rhs = child.lhs, child.rhs
         if not isinstance(lhs, Col) or lhs.alias != base:
             continue
-        if isinstance(rhs, bool) or not isinstance(rhs, (int, str, uuid.UUID)):
-            continue
         target = lhs.target
+        if target.unique and not target.null and unique is None and not target.primary_key:
+            # The entry depends on the found row's own token, not on the value.
+            unique = (target.column, rhs, "unique")
+            continue
+        # Value tokens only for integers: a write names its value as the driver
+        # gets it (a UUID may be its hex, a string compares case-insensitively
+        # under some collations), and only an int is spelled the same both ways.
+        if type(rhs) is not int:
+            continue
         if target.primary_key:
             return (target.column, rhs, "pk")
-        if target.unique and not target.null and unique is None:
-            unique = (target.column, rhs, "unique")
-        elif found is None and target.is_relation and (target.many_to_one or target.one_to_one):
+        if found is None and target.is_relation and (target.many_to_one or target.one_to_one):
             found = (target.column, rhs, "fk")
     return unique or found
+
+
+def _expressions(query: Any) -> Any:
+    """Every expression of a query: where, annotations, ordering; subqueries too."""
+    stack = [query.where, *query.annotations.values()]
+    stack += [o for o in query.order_by if not isinstance(o, str)]
+    while stack:
+        node = stack.pop()
+        yield node
+        children = getattr(node, "children", None)
+        if children is not None:
+            stack.extend(children)
+            continue
+        inner = getattr(node, "query", None)
+        if isinstance(inner, Query):
+            stack += [inner.where, *inner.annotations.values()]
+        if hasattr(node, "get_source_expressions"):
+            stack.extend(e for e in node.get_source_expressions() if e is not None)
+        for side in ("lhs", "rhs"):
+            value = getattr(node, side, None)
+            if value is not None and hasattr(value, "resolve_expression"):
+                stack.append(value)
+            if isinstance(value, Query):
+                stack += [value.where, *value.annotations.values()]
+
+
+def _has_raw_sql(query: Any) -> bool:
+    if query.extra or query.extra_tables:
+        return True
+    return any(isinstance(node, (RawSQL, ExtraWhere)) for node in _expressions(query))
+
+
+def _has_window(query: Any) -> bool:
+    return any(isinstance(node, Window) for node in _expressions(query))
 
 
 def prefetch_tables(model: type[models.Model], lookups: tuple[Any, ...]) -> set[str] | None:
@@ -234,8 +305,21 @@ def prefetch_tables(model: type[models.Model], lookups: tuple[Any, ...]) -> set[
             path = lookup.prefetch_through
             if lookup.queryset is not None:
                 tables.add(lookup.queryset.model._meta.db_table)
-                with contextlib.suppress(EmptyResultSet):  # its joins and subqueries
-                    tables |= tables_in(str(lookup.queryset.query))
+                inner = lookup.queryset
+                if _has_raw_sql(inner.query):
+                    return None
+                try:  # its joins and subqueries
+                    inner_sql = inner.query.get_compiler(using=inner.db).as_sql()[0]
+                except EmptyResultSet:
+                    inner_sql = ""
+                except Exception:  # cannot compile it here: cannot plan for it
+                    return None
+                tables |= tables_in(inner_sql)
+                if inner._prefetch_related_lookups:
+                    nested = prefetch_tables(inner.model, tuple(inner._prefetch_related_lookups))
+                    if nested is None:
+                        return None
+                    tables |= nested
         else:
             path = str(lookup)
         current = model
@@ -307,14 +391,20 @@ class Plan:
 
 
 def _model_rows(rows: Any) -> bool:
-    return isinstance(rows, list) and all(isinstance(row, models.Model) for row in rows)
+    # Rows whose primary keys are ints: their tokens are spelled as writes spell them.
+    return isinstance(rows, list) and all(
+        isinstance(row, models.Model) and type(row.pk) is int for row in rows
+    )
 
 
 def plan(queryset: Any, sql: str, tokens: Tokens) -> Plan | None:
     """The plan for one evaluation, or ``None`` when its reads cannot be known."""
     model = queryset.model
     base = model._meta.db_table
-    tables = tables_in(sql) | {base}
+    if _has_raw_sql(queryset.query):
+        return None  # tables perfkit cannot read off the SQL
+    named = _FROM.findall(sql)
+    tables = set(named) | {base}
     if queryset._prefetch_related_lookups:
         extra = prefetch_tables(model, tuple(queryset._prefetch_related_lookups))
         if extra is None:
@@ -325,7 +415,10 @@ def plan(queryset: Any, sql: str, tokens: Tokens) -> Plan | None:
     always = set(static)
     result.scan = tokens.scan(base)
     static.append(result.scan)
-    fine = fine_condition(queryset)
+    # A row of the result depends only on itself unless the query reads its
+    # own table again (a self-join, a subquery on it) or ranks rows (a window).
+    self_reading = named.count(base) > 1 or _has_window(queryset.query)
+    fine = None if self_reading else fine_condition(queryset)
     if fine is not None:
         column, value, kind = fine
         if kind == "pk":

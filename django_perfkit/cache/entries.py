@@ -41,6 +41,9 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
+from asgiref.sync import sync_to_async
+from django.core.exceptions import SynchronousOnlyOperation
+
 from django_perfkit.cache import codec
 from django_perfkit.cache.analysis import Plan
 from django_perfkit.conf import CacheSettings
@@ -184,6 +187,8 @@ class Lookup:
     kind: str
     settings: CacheSettings
     make_plan: Callable[[], Plan | None]
+    #: False when the result may come from an older snapshot: read, never store.
+    store: bool = True
 
 
 def _stats_add(hit: bool | None, seconds: float, skipped: bool = False) -> None:
@@ -253,8 +258,9 @@ def _storable(plan: Plan, read_tables: set[str]) -> bool:
 #
 # _protocol() is a generator that says what to do and gets the answers: ("script",
 # script, keys, args) -> the reply (None on failure), ("sleep", seconds) -> None,
-# ("compute",) -> the result (an exception from it is thrown back in). get() runs
-# it with blocking calls, aget() with awaits; the logic is written once.
+# ("plan",) -> the lookup's plan or None, ("compute",) -> the result (an exception
+# from it is thrown back in). get() runs it with blocking calls, aget() with
+# awaits; the logic is written once.
 
 _Step = tuple[Any, ...]
 
@@ -268,7 +274,7 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
         if cached is not _MISSING and not refresh:
             _stats_add(True, time.perf_counter() - started)
             return cached
-    plan = lookup.make_plan()
+    plan = (yield ("plan",)) if lookup.store else None
     if plan is None:
         _stats_add(False, time.perf_counter() - started, skipped=True)
         return (yield ("compute",))
@@ -330,9 +336,27 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
         stored = False
     else:
         keys, args = _store_args(lookup, plan, captured, owner, value, body)
-        stored = bool((yield ("script", STORE, keys, args)))
+        reply = yield ("script", STORE, keys, args)
+        stored = bool(reply)
+        if reply is None and owner:
+            # Redis did not answer (a large entry, a timeout): do not leave the
+            # others waiting for a lock nobody will release.
+            yield ("script", RELEASE, [lookup.lock], [owner])
     _stats_add(False, cache_seconds + time.perf_counter() - store_started, skipped=not stored)
     return value
+
+
+def _plan(lookup: Lookup) -> Plan | None:
+    try:
+        return lookup.make_plan()
+    except Exception:
+        _plan_failed()
+        return None
+
+
+def _plan_failed() -> None:
+    # Not knowing what a result depends on means not storing it; never a 500.
+    logger.warning("perfkit: cannot plan a cache entry; running uncached", exc_info=True)
 
 
 def get(lookup: Lookup, compute: Callable[[], Any]) -> Any:
@@ -348,6 +372,8 @@ def get(lookup: Lookup, compute: Callable[[], Any]) -> Any:
             elif step[0] == "sleep":
                 time.sleep(step[1])
                 answer = None
+            elif step[0] == "plan":
+                answer = _plan(lookup)
             else:
                 try:
                     answer = compute()
@@ -375,6 +401,15 @@ async def aget(lookup: Lookup, compute: Callable[[], Awaitable[Any]]) -> Any:
             elif step[0] == "sleep":
                 await asyncio.sleep(step[1])
                 answer = None
+            elif step[0] == "plan":
+                try:
+                    answer = lookup.make_plan()
+                except SynchronousOnlyOperation:
+                    # Compiling asked the database something (a version query).
+                    answer = await sync_to_async(_plan)(lookup)
+                except Exception:
+                    _plan_failed()
+                    answer = None
             else:
                 try:
                     answer = await compute()

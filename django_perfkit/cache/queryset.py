@@ -121,7 +121,14 @@ class CachedQuerySetMixin(_Base):
                 return None
             options = _Options(model_timeout, None)
         assert isinstance(options, _Options)
-        if _private(self)._for_write or self.query.select_for_update:
+        private = _private(self)
+        if private._for_write or self.query.select_for_update:
+            return None
+        if private._known_related_objects:
+            # A related manager's queryset (category.articles.all()) hands its
+            # rows the caller's own instance; cached, other requests would get
+            # that instance, unsaved edits and all. Filter the model instead:
+            # Article.objects.filter(category=category).cache().
             return None
         alias = self.db
         connection = connections[alias]
@@ -142,8 +149,20 @@ class CachedQuerySetMixin(_Base):
                 return None
             if self.model._meta.db_table in dirty:
                 return None
+            if private._prefetch_related_lookups:
+                prefetched = analysis.prefetch_tables(
+                    self.model, tuple(private._prefetch_related_lookups)
+                )
+                if prefetched is None or prefetched & dirty:
+                    return None
         if options.key is not None:
-            name = f"k:{self.model._meta.label_lower}:{options.key}:{kind}:{extra}"
+            # The key names the query; what it is evaluated as is added here.
+            query = self.query
+            shape = f"{private._iterable_class.__qualname__}:{private._fields}"
+            name = (
+                f"k:{self.model._meta.label_lower}:{options.key}:{kind}:{extra}:{shape}:"
+                f"{query.low_mark}:{query.high_mark}"
+            )
         else:
             state = analysis.fingerprint(self)
             if state is None:
@@ -156,6 +175,7 @@ class CachedQuerySetMixin(_Base):
             name = analysis.entry_name(self, kind, extra, state)
         timeout = options.timeout or cache_settings.default_timeout
         return entries.Lookup(
+            store=not snapshot_reads(connection),
             alias=alias,
             entry=tokens.key("q", name),
             lock=tokens.key("l", name),
@@ -200,7 +220,8 @@ class CachedQuerySetMixin(_Base):
             # An explicit key names the entry without the query: a hit needs no
             # filtering, cloning or compiling at all.
             source = functools.partial(self.filter, *args, **kwargs)
-            lookup = self._perfkit_lookup("get", _call_extra(args, kwargs), source=source)
+            extra = _call_extra(args, kwargs)
+            lookup = None if extra is None else self._perfkit_lookup("get", extra, source=source)
             if lookup is not None:
                 uncached = functools.partial(self.nocache().get, *args, **kwargs)
                 return entries.get(lookup, uncached)
@@ -229,7 +250,8 @@ class CachedQuerySetMixin(_Base):
         return super().exists()
 
     def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        lookup = self._perfkit_lookup("aggregate", _call_extra(args, kwargs))
+        extra = _call_extra(args, kwargs)
+        lookup = None if extra is None else self._perfkit_lookup("aggregate", extra)
         if lookup is not None:
             compute = functools.partial(super().aggregate, *args, **kwargs)
             return entries.get(lookup, compute)  # type: ignore[no-any-return]
@@ -265,10 +287,14 @@ class CachedQuerySetMixin(_Base):
 
     async def aget(self, *args: Any, **kwargs: Any) -> Any:
         """``get()`` with the lookup on the event loop (Django's own hops to a thread)."""
+        if type(self).get is not CachedQuerySetMixin.get:
+            # A subclass's own get() (a soft-delete filter, say) must run.
+            return await sync_to_async(self.get)(*args, **kwargs)
         options = self._perfkit_cache
         if isinstance(options, _Options) and options.key is not None and not self.query.combinator:
             source = functools.partial(self.filter, *args, **kwargs)
-            lookup = await self._perfkit_alookup("get", _call_extra(args, kwargs), source)
+            extra = _call_extra(args, kwargs)
+            lookup = None if extra is None else await self._perfkit_alookup("get", extra, source)
             if lookup is not None:
                 uncached = sync_to_async(functools.partial(self.nocache().get, *args, **kwargs))
                 return await entries.aget(lookup, uncached)
@@ -297,6 +323,27 @@ class CachedQuerySetMixin(_Base):
             )
         )
 
+    async def afirst(self) -> Any:
+        """``first()``, with a hit answered on the event loop."""
+        return await self._perfkit_aedge("first")
+
+    async def alast(self) -> Any:
+        """``last()``, with a hit answered on the event loop."""
+        return await self._perfkit_aedge("last")
+
+    async def _perfkit_aedge(self, which: str) -> Any:
+        check = getattr(self, "_check_ordering_first_last_queryset_aggregation", None)
+        if check is not None:
+            check(method=which)
+        queryset: Any = self
+        if which == "first":
+            queryset = self if self.ordered else self.order_by("pk")
+        else:
+            queryset = self.reverse() if self.ordered else self.order_by("-pk")
+        async for obj in queryset[:1]:
+            return obj
+        return None
+
     async def acount(self) -> int:
         if self._result_cache is None:
             lookup = await self._perfkit_alookup("count")
@@ -312,7 +359,8 @@ class CachedQuerySetMixin(_Base):
         return await super().aexists()
 
     async def aaggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        lookup = await self._perfkit_alookup("aggregate", _call_extra(args, kwargs))
+        extra = _call_extra(args, kwargs)
+        lookup = None if extra is None else await self._perfkit_alookup("aggregate", extra)
         if lookup is not None:
             compute = sync_to_async(functools.partial(super().aggregate, *args, **kwargs))
             return await entries.aget(lookup, compute)  # type: ignore[no-any-return]
@@ -324,8 +372,29 @@ def _private(queryset: Any) -> Any:
     return queryset
 
 
-def _call_extra(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    return repr(args) + repr(sorted(kwargs.items()))
+def _call_extra(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    # Hashed state, not repr(): a model instance's repr is its __str__, which
+    # need not be unique; an expression's repr leaves out some of its arguments.
+    return analysis.call_state(args, sorted(kwargs.items()))
+
+
+def snapshot_reads(connection: Any) -> bool:
+    """Do this connection's reads in its open transaction come from an older snapshot?
+
+    Then a result may be older than the tokens captured before its query, and
+    must not be stored: SQLite transactions (in WAL mode a reader keeps its
+    snapshot), and REPEATABLE READ or SERIALIZABLE isolation elsewhere.
+    """
+    if not connection.in_atomic_block:
+        return False
+    if connection.vendor == "sqlite":
+        return True
+    level = connection.settings_dict.get("OPTIONS", {}).get("isolation_level")
+    if level is None:
+        return connection.vendor not in ("postgresql", "mysql")  # others: not checked
+    # "read committed", IsolationLevel.READ_COMMITTED: fresh data per statement.
+    # Anything else, a bare number included, is treated as a snapshot.
+    return "COMMITTED" not in str(level).upper().replace("_", " ")
 
 
 def _plan_of(source: Callable[[], Any]) -> Any:

@@ -132,8 +132,10 @@ def tokens_for(alias: str) -> Tokens:
 # -- writes that could not be announced ----------------------------------------
 
 _lock = threading.Lock()
-#: Aliases whose epoch must be bumped before their cache entries may be used again.
-_missed: set[str] = set()
+#: Aliases whose epoch must be bumped before their cache entries may be used
+#: again, each with a count of the misses, so that one made while an epoch bump
+#: was in flight is not cleared by it.
+_missed: dict[str, int] = {}
 #: The breaker's ``times_opened`` when the cache last looked.
 _breaker_opens_seen = 0
 
@@ -141,7 +143,7 @@ _breaker_opens_seen = 0
 def mark_missed(alias: str) -> None:
     """A bump for ``alias`` did not reach Redis: distrust its entries until the epoch moves."""
     with _lock:
-        _missed.add(alias)
+        _missed[alias] = _missed.get(alias, 0) + 1
 
 
 def _all_aliases() -> list[str]:
@@ -150,7 +152,7 @@ def _all_aliases() -> list[str]:
     return list(getattr(settings, "DATABASES", {}) or ["default"])
 
 
-def _pending(gateway: Any) -> set[str]:
+def _pending(gateway: Any) -> dict[str, int]:
     global _breaker_opens_seen
     opens = gateway.breaker.times_opened
     if opens != _breaker_opens_seen:
@@ -158,7 +160,8 @@ def _pending(gateway: Any) -> set[str]:
         # have written meanwhile and failed to bump: start from a new epoch.
         with _lock:
             _breaker_opens_seen = opens
-            _missed.update(_all_aliases())
+            for alias in _all_aliases():
+                _missed[alias] = _missed.get(alias, 0) + 1
     return _missed
 
 
@@ -172,12 +175,18 @@ def ready_for_reads(alias: str) -> bool:
     pending = _pending(gateway)
     if not pending:
         return True
-    aliases = sorted(pending)
-    if _bump_epochs(gateway, aliases):
-        with _lock:
-            _missed.difference_update(aliases)
+    snapshot = dict(pending)
+    if _bump_epochs(gateway, sorted(snapshot)):
+        _made_good(snapshot)
         return True
     return False
+
+
+def _made_good(snapshot: dict[str, int]) -> None:
+    with _lock:
+        for alias, count in snapshot.items():
+            if _missed.get(alias) == count:
+                del _missed[alias]
 
 
 def _bump_epochs(gateway: Any, aliases: Iterable[str]) -> bool:
@@ -198,14 +207,26 @@ def _ttl_ms() -> int:
     return get_settings().cache.token_ttl * 1000
 
 
+def _with_missed_epoch(alias: str, keys: Sequence[str]) -> tuple[list[str], int | None]:
+    # A process that only writes (a worker, a command) never reads the cache,
+    # so it makes a missed bump good with its next successful one.
+    count = _missed.get(alias)
+    if count is None:
+        return list(keys), None
+    return [*keys, tokens_for(alias).epoch], count
+
+
 def bump(alias: str, keys: Sequence[str]) -> bool:
     """Bump ``keys`` (tokens of ``alias``) in one round trip; remember a failure."""
     if not keys:
         return True
-    done = get_gateway().run_script(BUMP, list(keys), [init_seed(), _ttl_ms()], None)
+    keys, missed = _with_missed_epoch(alias, keys)
+    done = get_gateway().run_script(BUMP, keys, [init_seed(), _ttl_ms()], None)
     if done is None:
         mark_missed(alias)
         return False
+    if missed is not None:
+        _made_good({alias: missed})
     return True
 
 
@@ -213,10 +234,13 @@ async def abump(alias: str, keys: Sequence[str]) -> bool:
     """The async form of :func:`bump`."""
     if not keys:
         return True
-    done = await get_gateway().arun_script(BUMP, list(keys), [init_seed(), _ttl_ms()], None)
+    keys, missed = _with_missed_epoch(alias, keys)
+    done = await get_gateway().arun_script(BUMP, keys, [init_seed(), _ttl_ms()], None)
     if done is None:
         mark_missed(alias)
         return False
+    if missed is not None:
+        _made_good({alias: missed})
     return True
 
 

@@ -74,7 +74,9 @@ _READ_ONLY = frozenset(
         "VACUUM",
     }
 )
-_FIRST_WORD = re.compile(r"\s*(?:/\*.*?\*/\s*|--[^\n]*\n\s*)*([A-Za-z]+)", re.S)
+_FIRST_WORD = re.compile(r"[\s(]*(?:/\*.*?\*/[\s(]*|--[^\n]*\n[\s(]*)*([A-Za-z]+)", re.S)
+_WRITE_WORD = re.compile(r"\b(?:INSERT|UPDATE|DELETE|MERGE)\b", re.I)
+_MANY_TABLES = re.compile(r"^\s*(?:TRUNCATE|DROP)\b.*(?:,|\bCASCADE\b)", re.I | re.S)
 _NAME = r'[`"]?([^`"\s(),]+)[`"]?'
 _INSERT = re.compile(
     rf"\s*INSERT\s+(?:OR\s+\w+\s+)?INTO\s+{_NAME}\s*\(([^()]*)\)\s*VALUES\s*(.*)", re.S | re.I
@@ -85,10 +87,10 @@ _DELETE = re.compile(rf"\s*DELETE\s+FROM\s+{_NAME}(?:\s+WHERE\s+(.*))?\s*$", re.
 _TABLE_AFTER = re.compile(
     rf"\s*(?:TRUNCATE(?:\s+TABLE)?|ALTER\s+TABLE(?:\s+IF\s+EXISTS)?(?:\s+ONLY)?"
     rf"|DROP\s+TABLE(?:\s+IF\s+EXISTS)?|CREATE\s+(?:UNIQUE\s+)?INDEX.*?\s+ON"
-    rf"|INSERT\s+(?:OR\s+\w+\s+)?INTO|COPY|REPLACE\s+INTO|MERGE\s+INTO|DROP\s+INDEX.*?\s+ON)\s+{_NAME}",
+    rf"|INSERT\s+(?:OR\s+\w+\s+|IGNORE\s+)?INTO|COPY|REPLACE\s+INTO|MERGE\s+INTO|DROP\s+INDEX.*?\s+ON)\s+{_NAME}",
     re.S | re.I,
 )
-_INSERT_OR = re.compile(r"\s*INSERT\s+OR\s", re.I)
+_INSERT_OR = re.compile(r"\s*INSERT\s+(?:OR|IGNORE)\s", re.I)
 _ROWS = re.compile(r"\(([^()]*)\)")
 _COLUMN = re.compile(r'[`"]?([^`"\s,]+)[`"]?')
 
@@ -236,13 +238,15 @@ def _read_statement(tokens: Tokens, sql: str, params: Any, many: bool) -> list[A
     if m is None:
         return None
     word = m.group(1).upper()
+    if word == "EXPLAIN":
+        # EXPLAIN ANALYZE runs the statement.
+        return None if "ANALYZE" in sql.upper() and _WRITE_WORD.search(sql) else []
     if word in _READ_ONLY:
         return []
     if word == "WITH":
-        upper = sql.upper()
-        if not any(w in upper for w in ("INSERT ", "UPDATE ", "DELETE ", "MERGE ")):
-            return []
-        return None
+        return None if _WRITE_WORD.search(sql) else []
+    if _MANY_TABLES.match(sql):
+        return None  # TRUNCATE a, b / ... CASCADE: more tables than the first
     plist: list[Any] | None
     if many or params is None:
         plist = None if many else []
@@ -377,9 +381,11 @@ _HANDLERS: dict[str, tuple[re.Pattern[str], _KeysFor]] = {
 class _Pending:
     """The tokens a transaction's writes will bump when it commits, and their tables."""
 
-    __slots__ = ("alias", "keys", "sids", "tables")
+    __slots__ = ("__qualname__", "alias", "keys", "sids", "tables")
 
     def __init__(self, alias: str, sids: tuple[str, ...]) -> None:
+        # Django names a failed commit hook by its __qualname__.
+        self.__qualname__ = "django_perfkit.versions.bump"
         self.alias = alias
         self.keys: dict[str, None] = {}
         self.sids = sids
@@ -409,19 +415,21 @@ def _defer(
 ) -> None:
     sids = tuple(connection.savepoint_ids)
     hooks: list[Any] = connection.run_on_commit
-    # One bump per transaction, not one per statement: extend the last pending
-    # bump when it was registered at the same savepoint level (so that a
+    # One bump per transaction and savepoint level, not one per statement (a
     # rollback to a savepoint drops exactly the bumps made inside it).
-    if hooks:
-        _last_sids, last_func, _robust = hooks[-1]
-        if isinstance(last_func, _Pending) and last_func.sids == sids:
-            last_func.keys.update(dict.fromkeys(keys))
-            last_func.tables |= tables
+    for _sids, func, _robust in hooks:
+        if isinstance(func, _Pending) and func.sids == sids:
+            func.keys.update(dict.fromkeys(keys))
+            func.tables |= tables
             return
     pending = _Pending(tokens.alias, sids)
     pending.keys.update(dict.fromkeys(keys))
     pending.tables |= tables
-    connection.on_commit(pending, robust=True)
+    # Ahead of the project's own hooks: Django stops running hooks at the first
+    # one that raises, and a bump must never be the one left out. (on_commit()
+    # itself only appends; the entry has its form: savepoint ids, func, robust.)
+    position = sum(1 for _s, func, _r in hooks if isinstance(func, _Pending))
+    hooks.insert(position, (set(connection.savepoint_ids), pending, True))
 
 
 #: Tables read while a cache entry is being computed (see the ``cache`` package).
@@ -445,23 +453,37 @@ class WriteWatcher:
         many: bool,
         context: dict[str, Any],
     ) -> Any:
-        if sql.startswith("SELECT"):
+        if type(sql) is str and sql.startswith("SELECT"):
             seen = reading.get()
             if seen is not None:
                 seen.update(_FROM.findall(sql))
             return execute(sql, params, many, context)
-        result = execute(sql, params, many, context)
+        try:
+            result = execute(sql, params, many, context)
+        except BaseException:
+            # A failed statement may still have changed rows (an executemany
+            # that stopped half-way under autocommit): bump as if it had.
+            self._after(sql, params, many, context)
+            raise
+        self._after(sql, params, many, context)
+        return result
+
+    def _after(self, sql: Any, params: Any, many: bool, context: dict[str, Any]) -> None:
         connection = context["connection"]
         tokens = tokens_for(connection.alias)
-        try:
-            keys = write_keys(tokens, sql, params, many)
-        except Exception:  # a parser bug must not fail the write: bump coarsely
-            keys = None
+        keys: list[str] | None
+        if type(sql) is not str:
+            keys = None  # a composed statement (psycopg.sql): cannot read it
+        else:
+            try:
+                keys = write_keys(tokens, sql, params, many)
+            except Exception:  # a parser bug must not fail the write: bump coarsely
+                keys = None
         if keys == []:
             seen_reads = reading.get()
-            if seen_reads is not None:
+            if seen_reads is not None and type(sql) is str:
                 seen_reads.update(_FROM.findall(sql))
-            return result
+            return
         seen = reading.get()
         if seen is not None:
             seen.add("*")  # a write while computing an entry: never store it
@@ -472,7 +494,6 @@ class WriteWatcher:
                 _defer(connection, tokens, keys, {_table_of(tokens, key) for key in keys})
         else:
             bump(tokens.alias, keys if keys is not None else [tokens.epoch])
-        return result
 
 
 watcher = WriteWatcher()

@@ -123,7 +123,9 @@ class Article(models.Model):
         return reverse("news:article_detail", kwargs={"slug": self.slug})
 
     def approved_comments(self) -> QuerySet[Comment]:
-        return self.comments.filter(is_approved=True)
+        # Through Comment.objects, not self.comments: a related manager's
+        # queryset is never cached (it hands rows this very instance).
+        return Comment.objects.filter(article=self, is_approved=True)
 
 
 class ArticleStats(models.Model):
