@@ -45,7 +45,9 @@ def tables_in(sql: str) -> set[str]:
 
 def query_sql(queryset: models.QuerySet[Any]) -> tuple[str, tuple[Any, ...]]:
     """The queryset's SQL and parameters (``EmptyResultSet`` propagates)."""
-    sql, params = queryset.query.get_compiler(using=queryset.db).as_sql()
+    # On a copy: compiling sets up joins and aliases on the query it compiles,
+    # which would change the state the entry is named by.
+    sql, params = queryset.query.chain().get_compiler(using=queryset.db).as_sql()
     return sql, tuple(params)
 
 
@@ -152,7 +154,7 @@ def _kind_of(cls: type) -> _Kind:
 def _query_state(state: dict[str, Any]) -> dict[str, Any]:
     # Joins a compile set up and then found unused stay behind with a reference
     # count of 0; they are not in the SQL, so not in the name.
-    state = {k: v for k, v in state.items() if k not in _DERIVED}
+    state = {k: v for k, v in state.items() if k not in _DERIVED and k != "base_table"}
     deferred = state.get("deferred_loading")
     if deferred is not None:  # a set of names: its order differs between processes
         state["deferred_loading"] = (sorted(deferred[0]), deferred[1])
@@ -237,7 +239,11 @@ def fine_condition(queryset: models.QuerySet[Any]) -> tuple[str, Any, str] | Non
     if where.connector != AND or where.negated or query.combinator or query.low_mark:
         # An offset: a write to a row before the window moves the window.
         return None
-    base = query.base_table
+    # Not query.base_table: that is a cached_property, and read on a query whose
+    # joins are not set up yet it would cache None for the query's lifetime.
+    base = next(iter(query.alias_map), None)
+    if base is None:
+        return None
     unique: tuple[str, Any, str] | None = None
     found: tuple[str, Any, str] | None = None
     for child in where.children:
@@ -309,7 +315,7 @@ def prefetch_tables(model: type[models.Model], lookups: tuple[Any, ...]) -> set[
                 if _has_raw_sql(inner.query):
                     return None
                 try:  # its joins and subqueries
-                    inner_sql = inner.query.get_compiler(using=inner.db).as_sql()[0]
+                    inner_sql = inner.query.chain().get_compiler(using=inner.db).as_sql()[0]
                 except EmptyResultSet:
                     inner_sql = ""
                 except Exception:  # cannot compile it here: cannot plan for it
