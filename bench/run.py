@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -75,6 +76,18 @@ def run_script(script: str, *args: str) -> dict[str, object]:
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def section(module: Any, script: str, heading: str) -> list[str]:
+    """Run one competitor benchmark (its own process) and format its section."""
+    print(f"bench: {script} (private servers, competitors in .bench/venvs)...", flush=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--json"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    text = module.table(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(text, flush=True)
+    return [heading, "", module.__doc__.split("\n\n", 1)[1].strip(), "", text, ""]
+
+
 def main() -> None:
     rounds = os.environ.get("BENCH_ROUNDS", "15")
     sections = [
@@ -108,36 +121,13 @@ def main() -> None:
         "walk through Django's frames: compare `collect` with `collect, no call sites`.",
         "",
     ]
-    print("bench: rate limiting (private Redis, competitors in .bench/venvs)...", flush=True)
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "ratelimit.py"), "--json"],
-        capture_output=True, text=True, check=True, cwd=ROOT,
-    )  # fmt: skip
-    text = ratelimit_bench.table(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(text, flush=True)
+    sections += section(
+        ratelimit_bench, "ratelimit.py", "## Rate limiting: cost, accuracy, outages"
+    )
+    sections += section(
+        cache_bench, "cache.py", "## Queryset caching: hits, writes, correctness, stampedes"
+    )
     sections += [
-        "## Rate limiting: cost, accuracy, outages",
-        "",
-        ratelimit_bench.__doc__.split("\n\n", 1)[1].strip(),  # type: ignore[union-attr]
-        "",
-        text,
-        "",
-    ]
-    print("bench: queryset caching (private PostgreSQL and Redis, competitors in .bench/venvs)...",
-          flush=True)  # fmt: skip
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "cache.py"), "--json"],
-        capture_output=True, text=True, check=True, cwd=ROOT,
-    )  # fmt: skip
-    text = cache_bench.table(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(text, flush=True)
-    sections += [
-        "## Queryset caching: hits, writes, correctness, stampedes",
-        "",
-        cache_bench.__doc__.split("\n\n", 1)[1].strip(),  # type: ignore[union-attr]
-        "",
-        text,
-        "",
         "How to read these: ratios in brackets are to the uncached query and to the floor. "
         "The floor leaves out what any ORM cache must do before it can ask Redis: build the "
         "queryset (`Item.objects.filter(...)`, 50-100 µs here) and name the entry. "

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -11,6 +12,7 @@ from django.conf import settings
 from django.db import connections
 
 from django_perfkit.conf import reset
+from tests.redis_servers import PrivateCluster
 
 
 def _delete_test_keys() -> None:
@@ -42,6 +44,17 @@ def _clean_perfkit_state() -> Iterator[None]:
     _delete_test_keys()
     yield
     reset()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[PrivateCluster]:
+    """A private three-node Redis Cluster, for this test only."""
+    private = PrivateCluster()
+    try:
+        private.start(str(tmp_path))
+        yield private
+    finally:
+        private.stop()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -182,16 +182,6 @@ def test_black_holed_redis_reads_are_served_within_the_timeout(article: Article)
         hole.close()
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> PrivateCluster:
-    private = PrivateCluster()
-    try:
-        private.start(str(tmp_path))
-        yield private
-    finally:
-        private.stop()
-
-
 def test_the_cache_works_on_redis_cluster(article: Article, cluster: PrivateCluster) -> None:
     cluster_settings = {"REDIS_URL": cluster.url, "REDIS_CLUSTER": True, "KEY_PREFIX": KEY_PREFIX}
     with override_settings(PERFKIT=cluster_settings):

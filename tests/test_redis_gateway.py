@@ -237,16 +237,6 @@ def test_a_client_that_cannot_be_built_is_a_failure_not_an_exception(
         assert "cannot build the Redis client" in caplog.text
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[PrivateCluster]:
-    private = PrivateCluster()
-    try:
-        private.start(str(tmp_path))
-        yield private
-    finally:
-        private.stop()
-
-
 MOVE_COUNT = LuaScript(
     "local n = redis.call('INCR', KEYS[1]); redis.call('SET', KEYS[2], n); return n",
     name="two-keys",
