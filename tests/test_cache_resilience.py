@@ -402,3 +402,20 @@ def test_aliases_have_their_own_entries_and_tokens() -> None:
     with record_request() as record:
         assert [c.name for c in Category.objects.cache()] == ["default"]
     assert record.cache.hits == 1  # a write to "other" left "default" alone
+
+
+async def test_an_async_read_makes_a_missed_bump_good_without_blocking(article: Article) -> None:
+    import asyncio
+
+    from django_perfkit.versions import tokens
+
+    epoch = tokens.tokens_for("default").epoch
+    gateway = get_gateway()
+    before = gateway.run(lambda c: c.get(epoch), None)
+    tokens.mark_missed("default")
+    with record_request() as record:
+        got = await Article.objects.cache().aget(pk=article.pk)
+    assert got.pk == article.pk and record.cache.misses == 1
+    assert tokens._missed == {}
+    assert gateway.run(lambda c: c.get(epoch), None) != before
+    assert asyncio.get_running_loop() in gateway._async_clients

@@ -26,7 +26,12 @@ from django.db.models.query import MAX_GET_RESULTS
 
 from django_perfkit.cache import analysis, entries
 from django_perfkit.conf import get_settings
-from django_perfkit.versions.tokens import ready_for_reads, tokens_for
+from django_perfkit.versions.tokens import (
+    aready_for_reads,
+    pending_epochs,
+    ready_for_reads,
+    tokens_for,
+)
 from django_perfkit.versions.writes import dirty_tables
 
 __all__ = ["CachedManager", "CachedQuerySet", "CachedQuerySetMixin"]
@@ -262,6 +267,10 @@ class CachedQuerySetMixin(_Base):
     async def _perfkit_alookup(
         self, kind: str, extra: str = "", source: Callable[[], Any] | None = None
     ) -> entries.Lookup | None:
+        if pending_epochs() and not await aready_for_reads(self.db):
+            # After an outage: the epoch bump goes through redis.asyncio, not a
+            # blocking call on the event loop; until it lands, no entry is read.
+            return None
         try:
             return self._perfkit_lookup(kind, extra, source)
         except SynchronousOnlyOperation:

@@ -182,6 +182,28 @@ def ready_for_reads(alias: str) -> bool:
     return False
 
 
+def pending_epochs() -> bool:
+    """Is an epoch bump owed (a missed bump, or an outage that opened the breaker)?"""
+    return bool(_pending(get_gateway()))
+
+
+async def aready_for_reads(alias: str) -> bool:
+    """The async form of :func:`ready_for_reads`: the epoch bump goes through ``redis.asyncio``."""
+    gateway = get_gateway()
+    pending = _pending(gateway)
+    if not pending:
+        return True
+    snapshot = dict(pending)
+    ok = True
+    for missed_alias in sorted(snapshot):
+        keys = [tokens_for(missed_alias).epoch]
+        done = await gateway.arun_script(BUMP, keys, [init_seed(), _ttl_ms()], None)
+        ok = ok and done is not None
+    if ok:
+        _made_good(snapshot)
+    return ok
+
+
 def _made_good(snapshot: dict[str, int]) -> None:
     with _lock:
         for alias, count in snapshot.items():
