@@ -144,13 +144,20 @@ class PrivateCluster:
              "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
         )  # fmt: skip
+        # Every node, not just the first: until gossip has converged another
+        # node may still answer CLUSTERDOWN, and the clients under test have a
+        # 50 ms timeout and no retries.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            out = subprocess.run(
-                ["redis-cli", "-p", str(self.nodes[0].port), "cluster", "info"],
-                capture_output=True, text=True, timeout=5,
-            )  # fmt: skip
-            if "cluster_state:ok" in out.stdout:
+            ready = 0
+            for node in self.nodes:
+                out = subprocess.run(
+                    ["redis-cli", "-p", str(node.port), "cluster", "info"],
+                    capture_output=True, text=True, timeout=5,
+                )  # fmt: skip
+                info = out.stdout
+                ready += "cluster_state:ok" in info and "cluster_known_nodes:3" in info
+            if ready == len(self.nodes):
                 return
             time.sleep(0.1)
         raise RuntimeError("private Redis Cluster did not reach cluster_state:ok")
