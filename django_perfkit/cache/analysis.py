@@ -15,7 +15,6 @@ import enum
 import hashlib
 import io
 import pickle
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,15 +31,14 @@ from django.utils import timezone
 from django.utils.tree import Node
 
 from django_perfkit.versions.tokens import Tokens
+from django_perfkit.versions.writes import tables_named
 
 __all__ = ["Plan", "fine_condition", "plan", "prefetch_tables", "query_sql", "tables_in"]
-
-_FROM = re.compile(r'(?:FROM|JOIN)\s+[`"]([^`"]+)[`"]', re.I)
 
 
 def tables_in(sql: str) -> set[str]:
     """Every table named after ``FROM`` or ``JOIN`` (subqueries included)."""
-    return set(_FROM.findall(sql))
+    return set(tables_named(sql))
 
 
 def query_sql(queryset: models.QuerySet[Any]) -> tuple[str, tuple[Any, ...]]:
@@ -409,7 +407,7 @@ def plan(queryset: Any, sql: str, tokens: Tokens) -> Plan | None:
     base = model._meta.db_table
     if _has_raw_sql(queryset.query):
         return None  # tables perfkit cannot read off the SQL
-    named = _FROM.findall(sql)
+    named = tables_named(sql)
     tables = set(named) | {base}
     if queryset._prefetch_related_lookups:
         extra = prefetch_tables(model, tuple(queryset._prefetch_related_lookups))

@@ -437,6 +437,16 @@ reading: ContextVar[set[str] | None] = ContextVar("perfkit_tables_read", default
 _FROM = re.compile(r'(?:FROM|JOIN)\s+[`"]([^`"]+)[`"]', re.I)
 
 
+def tables_named(sql: str) -> list[str]:
+    """Every quoted table after ``FROM`` or ``JOIN``, subqueries included, repeats kept.
+
+    The one reading of a query's tables: what a cache entry is planned to depend
+    on (``django_perfkit.cache.analysis``) and what its computation is seen to
+    read (below) must be read off the SQL the same way for the two to compare.
+    """
+    return _FROM.findall(sql)
+
+
 def _table_of(tokens: Tokens, key: str) -> str:
     # "<base>t:news_article", "<base>f:news_article:id:3", ...
     return key[len(tokens.base) :].split(":", 2)[1]
@@ -456,7 +466,7 @@ class WriteWatcher:
         if type(sql) is str and sql.startswith("SELECT"):
             seen = reading.get()
             if seen is not None:
-                seen.update(_FROM.findall(sql))
+                seen.update(tables_named(sql))
             return execute(sql, params, many, context)
         try:
             result = execute(sql, params, many, context)
@@ -482,7 +492,7 @@ class WriteWatcher:
         if keys == []:
             seen_reads = reading.get()
             if seen_reads is not None and type(sql) is str:
-                seen_reads.update(_FROM.findall(sql))
+                seen_reads.update(tables_named(sql))
             return
         seen = reading.get()
         if seen is not None:
