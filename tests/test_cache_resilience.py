@@ -311,11 +311,11 @@ def test_xfetch_refreshes_near_expiry_and_never_far_from_it() -> None:
     payload = codec.dumps([1])
     near = b"%d %d\n" % (now_ms + 50, 100_000) + payload  # 50 ms left, 100 ms to compute
     far = b"%d %d\n" % (now_ms + 3_600_000, 100_000) + payload
-    near_refreshes = sum(entries._decode(near, 1.0)[1] for _ in range(200))
+    near_refreshes = sum(entries.decode(near, 1.0)[1] for _ in range(200))
     assert 100 < near_refreshes <= 200  # exp(-0.5) = 61% expected
-    assert not any(entries._decode(far, 1.0)[1] for _ in range(200))
-    assert not any(entries._decode(near, 0.0)[1] for _ in range(200))
-    assert entries._decode(near, 1.0)[0] == [1]
+    assert not any(entries.decode(far, 1.0)[1] for _ in range(200))
+    assert not any(entries.decode(near, 0.0)[1] for _ in range(200))
+    assert entries.decode(near, 1.0)[0] == [1]
 
 
 def test_an_early_refresh_is_done_by_one_caller_and_the_others_get_the_entry(

@@ -87,7 +87,8 @@ return false
     name="cache.read",
 )
 
-#: KEYS: lock, entry, tokens...; ARGV: lock owner, lock ms, "refresh" or "".
+#: KEYS: lock, entry, tokens...; ARGV: lock owner, lock ms, "refresh" or "" [, seed,
+#: token ms: create the missing tokens now, for captures made before any store].
 #: {2, payload} if a valid entry appeared since the read (another miss stored
 #: it; not asked on an early refresh, whose entry is valid); else {1 if locked
 #: here else 0, then the value or '' of each token}.
@@ -101,7 +102,12 @@ end
 local out = {0}
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then out[1] = 1 end
 for i = 3, #KEYS do
-  out[i - 1] = redis.call('GET', KEYS[i]) or ''
+  local v = redis.call('GET', KEYS[i])
+  if not v and ARGV[4] then
+    v = ARGV[4] .. i
+    redis.call('SET', KEYS[i], v, 'PX', tonumber(ARGV[5]))
+  end
+  out[i - 1] = v or ''
 end
 return out
 """,
@@ -171,7 +177,7 @@ return 0
     name="cache.release",
 )
 
-_MISSING = object()
+MISSING = object()
 _POLL_FIRST = 0.002
 _POLL_MAX = 0.05
 
@@ -191,7 +197,7 @@ class Lookup:
     store: bool = True
 
 
-def _stats_add(hit: bool | None, seconds: float, skipped: bool = False) -> None:
+def count_lookup(hit: bool | None, seconds: float, skipped: bool = False) -> None:
     record = current_record()
     if record is None:
         return
@@ -205,15 +211,15 @@ def _stats_add(hit: bool | None, seconds: float, skipped: bool = False) -> None:
     stats.time += seconds
 
 
-def _decode(raw: bytes, beta: float) -> tuple[Any, bool]:
-    """``(value, refresh_now)``; ``value`` is ``_MISSING`` when the payload is unreadable."""
+def decode(raw: bytes, beta: float) -> tuple[Any, bool]:
+    """``(value, refresh_now)``; ``value`` is ``MISSING`` when the payload is unreadable."""
     newline = raw.find(b"\n")
     try:
         expiry_ms, compute_us = raw[:newline].split(b" ")
         value = codec.loads(raw[newline + 1 :])
     except Exception:  # a model that changed shape, a truncated value
         logger.warning("perfkit: unreadable cache entry; recomputing", exc_info=True)
-        return _MISSING, False
+        return MISSING, False
     refresh = False
     if beta > 0:
         # XFetch: now - delta * beta * ln(rand) >= expiry (Vattani et al. 2015)
@@ -223,7 +229,7 @@ def _decode(raw: bytes, beta: float) -> tuple[Any, bool]:
     return value, refresh
 
 
-def _encode(value: Any, lookup: Lookup, compute_seconds: float) -> bytes | None:
+def encode(value: Any, lookup: Lookup, compute_seconds: float) -> bytes | None:
     try:
         payload = codec.dumps(value)
     except Exception as exc:
@@ -235,7 +241,7 @@ def _encode(value: Any, lookup: Lookup, compute_seconds: float) -> bytes | None:
     return b"%d %d\n" % (expiry_ms, int(compute_seconds * 1_000_000)) + payload
 
 
-def _store_args(
+def store_args(
     lookup: Lookup, plan: Plan, captured: list[Any], owner: str, value: Any, body: bytes
 ) -> tuple[list[str], list[Any]]:
     flags, row_keys = plan.flags(lookup.kind, value)
@@ -247,7 +253,7 @@ def _store_args(
     return keys, args
 
 
-def _storable(plan: Plan, read_tables: set[str]) -> bool:
+def storable(plan: Plan, read_tables: set[str]) -> bool:
     # A table the plan did not foresee (a subquery in an annotation, a custom
     # prefetch), or a write during the computation: the captured tokens do not
     # cover what the result depends on, so it is not stored.
@@ -268,38 +274,38 @@ _Step = tuple[Any, ...]
 def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
     started = time.perf_counter()
     raw = yield ("script", READ, [lookup.entry], [])
-    cached: Any = _MISSING
+    cached: Any = MISSING
     if raw is not None:
-        cached, refresh = _decode(raw, lookup.settings.early_refresh_beta)
-        if cached is not _MISSING and not refresh:
-            _stats_add(True, time.perf_counter() - started)
+        cached, refresh = decode(raw, lookup.settings.early_refresh_beta)
+        if cached is not MISSING and not refresh:
+            count_lookup(True, time.perf_counter() - started)
             return cached
     plan = (yield ("plan",)) if lookup.store else None
     if plan is None:
-        _stats_add(False, time.perf_counter() - started, skipped=True)
+        count_lookup(False, time.perf_counter() - started, skipped=True)
         return (yield ("compute",))
     owner = secrets.token_hex(8)
     lock_ms = int(lookup.settings.lock_timeout * 1000)
     keys = [lookup.lock, lookup.entry, *plan.static]
-    mode = "refresh" if cached is not _MISSING else ""
+    mode = "refresh" if cached is not MISSING else ""
     reply = yield ("script", CAPTURE, keys, [owner, lock_ms, mode])
     if reply is None:  # Redis is not answering: the database it is
-        _stats_add(False, time.perf_counter() - started)
-        return cached if cached is not _MISSING else (yield ("compute",))
+        count_lookup(False, time.perf_counter() - started)
+        return cached if cached is not MISSING else (yield ("compute",))
     if reply[0] == 2:
         # Stored by another miss between our read and now (single flight's
         # last gap: that miss released its lock before we asked for it).
-        value, _refresh = _decode(reply[1], 0.0)
-        if value is not _MISSING:
-            _stats_add(True, time.perf_counter() - started)
+        value, _refresh = decode(reply[1], 0.0)
+        if value is not MISSING:
+            count_lookup(True, time.perf_counter() - started)
             return value
         return (yield ("compute",))
     locked = reply[0] == 1
     captured = reply[1:]
     if not locked:
-        if cached is not _MISSING:
+        if cached is not MISSING:
             # Someone else is refreshing early: the current entry is still valid.
-            _stats_add(True, time.perf_counter() - started)
+            count_lookup(True, time.perf_counter() - started)
             return cached
         deadline = time.monotonic() + lookup.settings.lock_wait
         delay = _POLL_FIRST
@@ -308,9 +314,9 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
             delay = min(delay * 2, _POLL_MAX)
             raw = yield ("script", READ, [lookup.entry, lookup.lock], [])
             if isinstance(raw, bytes):
-                value, _refresh = _decode(raw, 0.0)
-                if value is not _MISSING:
-                    _stats_add(True, time.perf_counter() - started)
+                value, _refresh = decode(raw, 0.0)
+                if value is not MISSING:
+                    count_lookup(True, time.perf_counter() - started)
                     return value
             if raw != 1:
                 break  # the lock is gone with no entry (its result was not stored)
@@ -329,20 +335,20 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
         reading.reset(token)
     compute_seconds = time.perf_counter() - computed_at
     store_started = time.perf_counter()
-    body = _encode(value, lookup, compute_seconds) if _storable(plan, read_tables) else None
+    body = encode(value, lookup, compute_seconds) if storable(plan, read_tables) else None
     if body is None:
         if owner:
             yield ("script", RELEASE, [lookup.lock], [owner])
         stored = False
     else:
-        keys, args = _store_args(lookup, plan, captured, owner, value, body)
+        keys, args = store_args(lookup, plan, captured, owner, value, body)
         reply = yield ("script", STORE, keys, args)
         stored = bool(reply)
         if reply is None and owner:
             # Redis did not answer (a large entry, a timeout): do not leave the
             # others waiting for a lock nobody will release.
             yield ("script", RELEASE, [lookup.lock], [owner])
-    _stats_add(False, cache_seconds + time.perf_counter() - store_started, skipped=not stored)
+    count_lookup(False, cache_seconds + time.perf_counter() - store_started, skipped=not stored)
     return value
 
 

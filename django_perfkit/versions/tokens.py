@@ -1,6 +1,6 @@
 """Version tokens: Redis counters that say "this data has changed".
 
-An entry cached by ``.cache()`` (and, later, by cache on write) records the
+An entry cached by ``.cache()`` or by cache on write records the
 tokens it was computed under, with their values. It is valid while every one of
 them still has that value; a write bumps the tokens of what it changed, and the
 entries that depended on them stop matching. Nothing is deleted, nothing is
@@ -22,7 +22,14 @@ The tokens of one database alias (every key shares the hash tag
                        when a write gives a row that value, or touches that row
 ``g:<table>:<col>``    every entry filtered on ``col``; bumped when a row
                        changes and its ``col`` is not known
+``w:<table>``          every on-write entry reading the table; bumped by
+                       every write to it that no model signal announced
+                       (:mod:`.announced`)
 =====================  ===================================================
+
+Cache on write adds tokens of its own in the same slot: ``a:<function>``
+(every entry of a function) and ``e:<function>:<arguments>`` (one entry,
+bumped before it is recomputed); see :mod:`django_perfkit.cache.onwrite`.
 
 Eviction and expiry are safe: a token that is missing is created with a random
 start value, never 0 or 1, so an entry that depended on an evicted token never

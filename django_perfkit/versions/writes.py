@@ -38,14 +38,23 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from django_perfkit.versions import announced
 from django_perfkit.versions.tokens import Tokens, bump, tokens_for
 
-__all__ = ["WriteWatcher", "dirty_tables", "install", "watcher", "write_keys"]
+__all__ = [
+    "CommitHook",
+    "WriteWatcher",
+    "commit_hook",
+    "dirty_tables",
+    "install",
+    "watcher",
+    "write_keys",
+]
 
 # Statements that never write, by their first word.
 _READ_ONLY = frozenset(
@@ -128,6 +137,11 @@ def table_info(table: str) -> TableInfo | None:
             found[meta.db_table] = TableInfo(str(pk.column), fks)
         _tables = found
     return _tables.get(table)
+
+
+def _pk_column(table: str) -> str | None:
+    info = table_info(table)
+    return info.pk if info is not None else None
 
 
 def _unquote(name: str) -> str:
@@ -214,6 +228,13 @@ def write_keys(tokens: Tokens, sql: str, params: Any, many: bool) -> list[str] |
         recording = _RecordingTokens.from_base(tokens.base, tokens.alias)
         stand_ins = [_Slot(i) for i in range(len(params))] if positional else params
         recipe = _read_statement(recording, sql, stand_ins, many)
+        if recipe:
+            # Every written table's w: token too, for cache on write (left out
+            # again, per execution, when a model signal announced the write).
+            written = dict.fromkeys(
+                _table_of(tokens, key) if type(key) is str else key.table for key in recipe
+            )
+            recipe.extend(tokens.key("w", table) for table in written)
         if len(_recipes) >= _RECIPES_MAX:
             _recipes.clear()
         _recipes[cache_key] = recipe
@@ -378,17 +399,59 @@ _HANDLERS: dict[str, tuple[re.Pattern[str], _KeysFor]] = {
 # -- transactions ---------------------------------------------------------------
 
 
-class _Pending:
+class CommitHook:
+    """A ``transaction.on_commit`` callable that perfkit merges per savepoint level.
+
+    One per transaction and savepoint level, not one per statement: a rollback
+    to a savepoint drops exactly the hooks made inside it (Django trims
+    ``run_on_commit`` by savepoint ids). Subclasses say when they run with
+    ``rank``: ahead of the project's own hooks, lower ranks first.
+    """
+
+    __slots__ = ("__qualname__", "sids")
+    rank = 0
+
+    def __init__(self, sids: tuple[str, ...]) -> None:
+        # Django names a failed commit hook by its __qualname__.
+        self.__qualname__ = f"django_perfkit.{type(self).__name__}"
+        self.sids = sids
+
+    def __call__(self) -> None:
+        raise NotImplementedError
+
+
+H = TypeVar("H", bound=CommitHook)
+
+
+def commit_hook(connection: BaseDatabaseWrapper, kind: Callable[[tuple[str, ...]], H]) -> H:
+    """The ``kind`` hook of the connection's current savepoint level (made if missing)."""
+    sids = tuple(connection.savepoint_ids)
+    hooks: list[Any] = connection.run_on_commit
+    for _sids, func, _robust in hooks:
+        if type(func) is kind and func.sids == sids:
+            return func  # type: ignore[no-any-return]
+    hook = kind(sids)
+    # Ahead of the project's own hooks: Django stops running hooks at the first
+    # one that raises, and a bump must never be the one left out. (on_commit()
+    # itself only appends; the entry has its form: savepoint ids, func, robust.)
+    position = 0
+    for _sids, func, _robust in hooks:
+        if not isinstance(func, CommitHook) or func.rank > hook.rank:
+            break
+        position += 1
+    hooks.insert(position, (set(connection.savepoint_ids), hook, True))
+    return hook
+
+
+class _Pending(CommitHook):
     """The tokens a transaction's writes will bump when it commits, and their tables."""
 
-    __slots__ = ("__qualname__", "alias", "keys", "sids", "tables")
+    __slots__ = ("alias", "keys", "tables")
 
-    def __init__(self, alias: str, sids: tuple[str, ...]) -> None:
-        # Django names a failed commit hook by its __qualname__.
-        self.__qualname__ = "django_perfkit.versions.bump"
-        self.alias = alias
+    def __init__(self, sids: tuple[str, ...]) -> None:
+        super().__init__(sids)
+        self.alias = ""
         self.keys: dict[str, None] = {}
-        self.sids = sids
         self.tables: set[str] = set()
 
     def __call__(self) -> None:
@@ -413,23 +476,10 @@ def dirty_tables(connection: BaseDatabaseWrapper) -> set[str]:
 def _defer(
     connection: BaseDatabaseWrapper, tokens: Tokens, keys: list[str], tables: set[str]
 ) -> None:
-    sids = tuple(connection.savepoint_ids)
-    hooks: list[Any] = connection.run_on_commit
-    # One bump per transaction and savepoint level, not one per statement (a
-    # rollback to a savepoint drops exactly the bumps made inside it).
-    for _sids, func, _robust in hooks:
-        if isinstance(func, _Pending) and func.sids == sids:
-            func.keys.update(dict.fromkeys(keys))
-            func.tables |= tables
-            return
-    pending = _Pending(tokens.alias, sids)
+    pending = commit_hook(connection, _Pending)
+    pending.alias = tokens.alias
     pending.keys.update(dict.fromkeys(keys))
     pending.tables |= tables
-    # Ahead of the project's own hooks: Django stops running hooks at the first
-    # one that raises, and a bump must never be the one left out. (on_commit()
-    # itself only appends; the entry has its form: savepoint ids, func, robust.)
-    position = sum(1 for _s, func, _r in hooks if isinstance(func, _Pending))
-    hooks.insert(position, (set(connection.savepoint_ids), pending, True))
 
 
 #: Tables read while a cache entry is being computed (see the ``cache`` package).
@@ -497,6 +547,11 @@ class WriteWatcher:
         seen = reading.get()
         if seen is not None:
             seen.add("*")  # a write while computing an entry: never store it
+        if keys and announced._current.get():
+            quiet = announced.covered(tokens.base, keys, _pk_column)
+            if quiet:
+                drop = {tokens.key("w", table) for table in quiet}
+                keys = [key for key in keys if key not in drop]
         if connection.in_atomic_block:
             if keys is None:
                 _defer(connection, tokens, [tokens.epoch], {"*"})
@@ -518,6 +573,14 @@ def install(connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
 def install_on_all_connections() -> None:
     for connection in connections.all(initialized_only=True):
         install(connection)
+
+
+def install_everywhere() -> None:
+    """Watch the writes of every connection, open and future (idempotent)."""
+    from django.db.backends.signals import connection_created
+
+    connection_created.connect(install, dispatch_uid="django_perfkit.versions")
+    install_on_all_connections()
 
 
 def reset_state() -> None:
