@@ -11,7 +11,6 @@ class PerfkitConfig(AppConfig):
     def ready(self) -> None:
         from django.core.signals import setting_changed
         from django.db.backends.signals import connection_created
-        from django.db.models.signals import post_migrate
 
         from django_perfkit import checks  # noqa: F401  (registers the system checks)
         from django_perfkit.collectors import db
@@ -22,12 +21,14 @@ class PerfkitConfig(AppConfig):
         db.install_on_all_connections()
         if uses_queryset_cache():
             # Only a project with cached querysets pays for watching its writes.
-            from django_perfkit.cache import _on_post_migrate
-            from django_perfkit.versions import writes
+            from django_perfkit.cache import watch_writes
 
-            connection_created.connect(writes.install, dispatch_uid="django_perfkit.versions")
-            writes.install_on_all_connections()
-            post_migrate.connect(_on_post_migrate, dispatch_uid="django_perfkit.cache.migrate")
+            watch_writes()
+        # @cached_on_write functions start the watcher when they are registered
+        # (here, those decorated while the models were loading).
+        from django_perfkit.cache.onwrite import registry
+
+        registry.register_waiting()
 
 
 def uses_queryset_cache() -> bool:

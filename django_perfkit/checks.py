@@ -356,6 +356,8 @@ _CACHE_KINDS: dict[str, tuple[str, str]] = {
     "LOCK_WAIT": ("seconds", "1.0"),
     "EARLY_REFRESH_BETA": ("seconds", "1.0"),
     "TOKEN_TTL": ("seconds>0", "86400"),
+    "DEFER_DELAY": ("seconds", "0.1"),
+    "DEFER_MAX_PENDING": ("count", "10000"),
 }
 
 

@@ -77,7 +77,12 @@ CACHE_DEFAULTS: Final[dict[str, Any]] = {
     # XFetch early refresh (Vattani et al. 2015): beta; 0 turns it off.
     "EARLY_REFRESH_BETA": 1.0,
     # Version tokens live this long at least (and at least twice an entry's timeout).
+    # Also the lifetime of a @cached_on_write entry stored with timeout=None.
     "TOKEN_TTL": 86_400,
+    # @cached_on_write(defer=True): seconds a key waits for more writes before
+    # its one recompute, and how many keys may wait (beyond: invalidate only).
+    "DEFER_DELAY": 0.1,
+    "DEFER_MAX_PENDING": 10_000,
 }
 
 
@@ -94,6 +99,8 @@ class CacheSettings:
     lock_wait: float
     early_refresh_beta: float
     token_ttl: int
+    defer_delay: float
+    defer_max_pending: int
 
 
 def _cache_settings(raw: Any) -> CacheSettings:

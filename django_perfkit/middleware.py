@@ -113,6 +113,8 @@ class PerfkitMiddleware:
             except Exception:
                 # A reporter's bug must cost the report, not the response.
                 logger.exception("perfkit: reporter %r failed", reporter)
+        if record.after_response:
+            record.run_after_response()
 
 
 def _ratelimited_view(request: HttpRequest, exception: Any) -> Any:

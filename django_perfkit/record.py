@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -122,12 +123,18 @@ class RatelimitDecision:
 
 @dataclass(slots=True)
 class CacheStats:
-    """The ``.cache()`` section of a record: lookups and the time they took."""
+    """The cache section of a record (``.cache()`` and ``@cached_on_write``).
+
+    Lookups and the time they took; ``recomputes`` are on-write entries this
+    request's writes recomputed at commit.
+    """
 
     hits: int = 0
     misses: int = 0
     #: Results computed but not stored: too large, unpicklable, written meanwhile.
     skipped: int = 0
+    #: On-write entries recomputed (their computation time is not in ``time``).
+    recomputes: int = 0
     #: Seconds spent talking to Redis and (un)pickling, not running queries.
     time: float = 0.0
 
@@ -162,6 +169,8 @@ class RequestRecord:
     redis_failures: int = 0
     #: Set by perfkit when its own code failed (never by the app): reported, not raised.
     errors: list[str] = field(default_factory=list)
+    #: Work to start once the response is built (deferred recomputes); None until some is.
+    after_response: list[Callable[[], None]] | None = None
 
     @property
     def duration(self) -> float:
@@ -179,6 +188,15 @@ class RequestRecord:
     def finish(self, status: int | None = None) -> None:
         self.finished = time.perf_counter()
         self.status = status
+
+    def run_after_response(self) -> None:
+        """Start the work queued for after the response (each piece once; never raises)."""
+        work, self.after_response = self.after_response, None
+        for callback in work or ():
+            try:
+                callback()
+            except Exception:
+                logging.getLogger("django_perfkit").exception("perfkit: %r failed", callback)
 
 
 _current: ContextVar[RequestRecord | None] = ContextVar("perfkit_request_record", default=None)
@@ -205,6 +223,7 @@ def record_request(record: RequestRecord | None = None) -> Iterator[RequestRecor
         if rec.finished is None:
             rec.finish(rec.status)
         _current.reset(token)
+        rec.run_after_response()
 
 
 class timer:

@@ -217,6 +217,8 @@ def test_e013_trusted_proxies_as_a_string() -> None:
         ({"LOCK_WAIT": "1s"}, ["perfkit.E016"]),
         ({"ENABLED": "yes"}, ["perfkit.E016"]),
         ({"TOKEN_TTL": 0}, ["perfkit.E016"]),
+        ({"DEFER_DELAY": -0.1}, ["perfkit.E016"]),
+        ({"DEFER_MAX_PENDING": 1.5}, ["perfkit.E016"]),
         ({"MODELS": ["news.Article"]}, ["perfkit.E016"]),
         ({"MODELS": {"news.Article": 0}}, ["perfkit.E016"]),
         ({"MODELS": {"news.Articel": 60}}, ["perfkit.E017"]),
@@ -238,6 +240,8 @@ def test_good_cache_settings_pass() -> None:
         "LOCK_WAIT": 0.5,
         "EARLY_REFRESH_BETA": 0,
         "TOKEN_TTL": 3600,
+        "DEFER_DELAY": 0,
+        "DEFER_MAX_PENDING": 100,
     }
     assert ids({"CACHE": cache}) == []
 

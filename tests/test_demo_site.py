@@ -24,6 +24,7 @@ from django.urls import reverse
 from django.utils import timezone
 from model_bakery import baker
 
+from django_perfkit.cache import flush_deferred
 from testproject.envconfig import DatabaseURLError, parse_database_url, port_open, redact_url
 from testproject.news.models import Article, ArticleStats, Author, Category, Comment, Tag
 from testproject.news.views import PAGE_SIZE, SEARCH_LIMIT
@@ -143,7 +144,10 @@ def test_home_lists_latest_and_per_category_in_few_queries(
         make_articles(1, category=sport)
     make_articles(6)  # newest of all, other categories
 
-    with django_assert_max_num_queries(4):
+    # latest rows, their tags, categories, per-category rows; the comment counts
+    # of the latest (one grouped query, here where nothing is stored yet) and
+    # the "most discussed" block (computed once; writes keep both up to date).
+    with django_assert_max_num_queries(6):
         response = client.get("/")
     assert response.status_code == 200
     assert len(response.context["latest"]) == 10
@@ -160,14 +164,42 @@ def test_optimised_list_runs_constant_queries(
     client: Client, make_articles: MakeArticles, django_assert_num_queries: Any
 ) -> None:
     make_articles(5)
-    with django_assert_num_queries(3):  # count, page rows (+joins, counts), tags
+    # count, page rows (+joins), tags, and the comment counts not stored yet
+    # (one grouped query; none once stored, see test_onwrite)
+    with django_assert_num_queries(4):
         small = client.get("/articles/")
     make_articles(20)
-    with django_assert_num_queries(3):
+    with django_assert_num_queries(4):
         large = client.get("/articles/")
     assert len(small.context["articles"]) == 5
     assert len(large.context["articles"]) == PAGE_SIZE
     assert large.context["page_obj"].paginator.num_pages == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_comment_updates_the_list_count_without_invalidating_the_cached_page(
+    client: Client, make_articles: MakeArticles
+) -> None:
+    articles = make_articles(3)
+    client.get("/articles/")  # fills the page, the count and the comment counts
+    before = client.get("/").context["most_discussed"]
+    assert before[0]["slug"] == articles[0].slug  # 2 comments each: the newest first
+    queries, _ = count_queries(client, "/articles/")
+    assert queries == 0  # warm: rows from .cache(), counts from @cached_on_write
+    client.post(f"/articles/{articles[1].slug}/comment/", {"author_name": "Ada", "body": "hi"})
+    queries, response = count_queries(client, "/articles/")
+    # The comment recomputed its article's count at commit; the cached page
+    # does not read comments, so it was not invalidated.
+    assert queries == 0
+    counts = {a.pk: a.comment_count for a in response.context["articles"]}
+    assert counts == {articles[0].pk: 2, articles[1].pk: 3, articles[2].pk: 2}
+    # "Most discussed" (defer=True) was recomputed after the POST's response.
+    assert flush_deferred(timeout=10)
+    with CaptureQueriesContext(connection) as ctx:
+        home = client.get("/")
+    assert not [q for q in ctx.captured_queries if "COUNT" in q["sql"]]
+    assert home.context["most_discussed"][0]["slug"] == articles[1].slug
+    assert home.context["most_discussed"][0]["comments"] == 3
 
 
 @pytest.mark.django_db
@@ -360,7 +392,7 @@ def test_api_naive_returns_same_json_with_more_queries(
         for key in ("next", "previous"):
             fast_data.pop(key), naive_data.pop(key)
         assert fast_data == naive_data
-        assert fast_queries == 3
+        assert fast_queries == 4  # count, rows, tags, comment counts (grouped)
         assert naive_queries == 2 + 4 * len(fast_data["results"])
 
 
@@ -416,7 +448,7 @@ def test_search_by_title(
     (match,) = make_articles(1, title="Rate Limits Explained")
     make_articles(1, title="Cache Layers")
     make_articles(1, title="Hidden rate limits", is_published=False)
-    with django_assert_max_num_queries(2):
+    with django_assert_max_num_queries(3):  # rows, tags, comment counts
         response = client.get("/search/", {"q": "  rate LIMITS "})
     assert response.status_code == 200
     assert [a.pk for a in response.context["results"]] == [match.pk]

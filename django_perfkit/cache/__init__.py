@@ -1,9 +1,11 @@
-"""Queryset ``.cache()`` backed by Redis, invalidated by version tokens.
+"""Redis caches invalidated by version tokens: queryset ``.cache()`` and ``@cached_on_write``.
 
 ``Article.objects.filter(category=c).select_related("author").cache()`` serves
-the result from Redis until a write changes what it read. See
-:mod:`django_perfkit.cache.queryset` for what is cached and
-:mod:`django_perfkit.versions` for how writes are seen.
+the result from Redis until a write changes what it read (computed on read,
+:mod:`django_perfkit.cache.queryset`). A ``@cached_on_write`` function is
+recomputed by the writes that change its data, so reads never compute
+(:mod:`django_perfkit.cache.onwrite`). :mod:`django_perfkit.versions` is how
+writes are seen, for both.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.db import models
 
+from django_perfkit.cache.onwrite import OnWriteFunction, cached_on_write, flush_deferred
 from django_perfkit.cache.queryset import CachedManager, CachedQuerySet, CachedQuerySetMixin
 from django_perfkit.versions.tokens import abump, bump, tokens_for
 
@@ -20,8 +23,11 @@ __all__ = [
     "CachedManager",
     "CachedQuerySet",
     "CachedQuerySetMixin",
+    "OnWriteFunction",
     "ainvalidate",
     "ainvalidate_all",
+    "cached_on_write",
+    "flush_deferred",
     "invalidate",
     "invalidate_all",
 ]
@@ -37,7 +43,11 @@ def _model_keys(alias: str, target: type[models.Model] | models.Model) -> list[s
         meta = target._meta
         table = meta.db_table
         pk: Any = meta.pk
-        keys = [tokens.scan(table), tokens.value(table, str(pk.column), target.pk)]
+        keys = [
+            tokens.scan(table),
+            tokens.value(table, str(pk.column), target.pk),
+            tokens.key("w", table),
+        ]
         keys.extend(
             tokens.generation(table, str(f.column))
             for f in meta.concrete_fields
@@ -46,12 +56,16 @@ def _model_keys(alias: str, target: type[models.Model] | models.Model) -> list[s
         return keys
     model: Any = target
     if isinstance(model, type) and issubclass(model, models.Model):
-        return [tokens.table(model._meta.db_table)]
+        table = model._meta.db_table
+        return [tokens.table(table), tokens.key("w", table)]
     raise TypeError(f"invalidate() takes a model class or instance, not {target!r}")
 
 
 def invalidate(target: type[models.Model] | models.Model, using: str | None = None) -> bool:
     """Drop cached results that read ``target``: a model (its whole table) or one instance.
+
+    Also the ``@cached_on_write`` entries of functions that read its table
+    (all of them: perfkit cannot tell which ones a write it did not see changed).
 
     For writes perfkit cannot see (another program writing the database, a
     stored procedure). ``using``: one database alias (default: all of them).
@@ -86,6 +100,16 @@ async def ainvalidate_all(using: str | None = None) -> bool:
     for alias in _aliases(using):
         ok = await abump(alias, [tokens_for(alias).epoch]) and ok
     return ok
+
+
+def watch_writes() -> None:
+    """Start bumping version tokens on every write (idempotent): the cache is in use."""
+    from django.db.models.signals import post_migrate
+
+    from django_perfkit.versions import writes
+
+    writes.install_everywhere()
+    post_migrate.connect(_on_post_migrate, dispatch_uid="django_perfkit.cache.migrate")
 
 
 def _on_post_migrate(using: str = "default", **kwargs: Any) -> None:

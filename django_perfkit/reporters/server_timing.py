@@ -9,7 +9,8 @@ else. Entries::
 * ``total``: time from the middleware's start to the response (what perfkit
   can see; the web server's own queueing is not in it);
 * ``db``: time in database queries, and their count;
-* ``cache``: time in queryset ``.cache()`` lookups and stores, with hits and misses;
+* ``cache``: time in ``.cache()`` and on-write lookups and stores, with hits, misses
+  and on-write recomputes;
 * one entry per ``perfkit.timer("label")`` section (repeated sections add up);
 * ``redis-failures`` when perfkit's Redis calls failed or were skipped.
 
@@ -51,10 +52,14 @@ def build_header(record: RequestRecord) -> str:
         noun = "query" if db.count == 1 else "queries"
         entries.append(f"db;dur={db.time * 1000:.2f};desc={_desc(f'{db.count} {noun}')}")
     cache = record.cache
-    if cache.hits or cache.misses:
+    if cache.hits or cache.misses or cache.recomputes:
         hits = "hit" if cache.hits == 1 else "hits"
         misses = "miss" if cache.misses == 1 else "misses"
-        desc = _desc(f"{cache.hits} {hits}, {cache.misses} {misses}")
+        text = f"{cache.hits} {hits}, {cache.misses} {misses}"
+        if cache.recomputes:
+            noun = "recompute" if cache.recomputes == 1 else "recomputes"
+            text += f", {cache.recomputes} {noun}"
+        desc = _desc(text)
         entries.append(f"cache;dur={cache.time * 1000:.2f};desc={desc}")
     for label, section in record.sections.items():
         name = metric_name(label)

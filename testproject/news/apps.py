@@ -8,3 +8,8 @@ class NewsConfig(AppConfig):
     label = "news"
     verbose_name = "News (perfkit demo)"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Registers the @cached_on_write functions (and their receivers) in
+        # every process, not only in those that happen to import the views.
+        from . import stats  # noqa: F401

@@ -26,6 +26,7 @@ from django_perfkit import ratelimit
 
 from .forms import CommentForm
 from .models import Article, ArticleQuerySet, ArticleStats, Category
+from .stats import awith_comment_counts, most_discussed, with_comment_counts
 
 PAGE_SIZE = 20
 HOME_LATEST = 10
@@ -56,7 +57,7 @@ def home(request: HttpRequest) -> HttpResponse:
     categories. Cached (``.cache()``), none until an article, comment, tag or category
     is written.
     """
-    latest = list(Article.objects.published().newest_first().for_listing()[:HOME_LATEST].cache())
+    latest = Article.objects.published().newest_first().for_listing()[:HOME_LATEST].cache()
     per_category = Article.objects.published().newest_first().select_related("author")
     per_category = per_category[:HOME_PER_CATEGORY]
     categories = list(
@@ -66,7 +67,13 @@ def home(request: HttpRequest) -> HttpResponse:
         .prefetch_related(Prefetch("articles", queryset=per_category, to_attr="latest_articles"))
         .cache()
     )
-    return render(request, "news/home.html", {"latest": latest, "categories": categories})
+    context = {
+        "latest": with_comment_counts(latest),
+        "categories": categories,
+        # Computed when comments are written (news.stats): read, never counted here.
+        "most_discussed": most_discussed(),
+    }
+    return render(request, "news/home.html", context)
 
 
 @require_safe
@@ -81,7 +88,7 @@ def article_list(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "news/article_list.html",
-        {"page_obj": page, "articles": page.object_list, "naive": False},
+        {"page_obj": page, "articles": with_comment_counts(page.object_list), "naive": False},
     )
 
 
@@ -165,7 +172,7 @@ def search(request: HttpRequest) -> HttpResponse:
         matches = (
             Article.objects.published().filter(title__icontains=query).newest_first().for_listing()
         )
-        results = list(matches[:SEARCH_LIMIT])
+        results = with_comment_counts(matches[:SEARCH_LIMIT])
     return render(
         request,
         "news/search.html",
@@ -260,7 +267,7 @@ def api_articles(request: HttpRequest) -> JsonResponse:
     except _APIError as exc:
         return _error(exc)
     start = (page - 1) * PAGE_SIZE
-    articles = list(queryset.for_listing()[start : start + PAGE_SIZE])
+    articles = with_comment_counts(queryset.for_listing()[start : start + PAGE_SIZE])
     results = [_article_json(request, a, a.comment_count) for a in articles]
     return JsonResponse(_api_payload(request, count, page, num_pages, results))
 
@@ -301,5 +308,6 @@ async def api_articles_async(request: HttpRequest) -> JsonResponse:
     start = (page - 1) * PAGE_SIZE
     # Async iteration runs the prefetch_related("tags") lookup too (Django >= 5.0).
     articles = [a async for a in queryset.for_listing()[start : start + PAGE_SIZE]]
+    articles = await awith_comment_counts(articles)
     results = [_article_json(request, a, a.comment_count) for a in articles]
     return JsonResponse(_api_payload(request, count, page, num_pages, results))
