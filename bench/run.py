@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import cache as cache_bench  # noqa: E402
+from bench import onwrite as onwrite_bench  # noqa: E402
 from bench import query_collector  # noqa: E402
 from bench import ratelimit as ratelimit_bench  # noqa: E402
 
@@ -137,6 +138,16 @@ def main() -> None:
         "returned before the read began.",
         "",
     ]
+    sections += section(onwrite_bench, "onwrite.py", "## Cache on write: reads and writes")
+    sections += [
+        "How to read these: a hit is one `MGET` of the entry and the version tokens it "
+        "depends on, compared in Python, where the floor is one `GET`; the difference is "
+        "the price of never serving a value older than a write. `at commit` recomputes in "
+        "the writer's request, after its commit (here every insert changes the value); "
+        "`defer=True` hands the recompute to a background thread that waits "
+        "`DEFER_DELAY` for more writes to the same entry.",
+        "",
+    ]
     sections += [
         "## Reproduce",
         "",
@@ -145,6 +156,7 @@ def main() -> None:
         "python bench/query_collector.py --db postgresql --rounds 15   # one table",
         "python bench/ratelimit.py                                     # another",
         "python bench/cache.py                                         # another",
+        "python bench/onwrite.py                                       # another",
         "```",
         "",
     ]
