@@ -12,10 +12,14 @@ unless it was announced: the receivers of ``pre_save``, ``pre_delete`` and the
 ``pre_*`` actions of ``m2m_changed`` announce the write that follows, and
 the watcher leaves out the ``w:`` key of a statement the announcement covers:
 
-* a ``save()``: statements on the model's table touching that row only (its
-  primary key), or one insert when the instance is new;
-* a ``delete()``: ``DELETE ... WHERE pk IN (...)`` of the announced rows;
-* an ``m2m_changed`` action: any statement on the through table.
+* a ``save()`` of a stored row: statements on the model's table touching
+  that row only (its primary key);
+* a ``save()`` of a new instance: one ``INSERT`` (of that primary key, when
+  it is known);
+* an ``m2m_changed`` action: one write statement on the through table.
+
+Deletes are not announced: ``delete()`` maps the instance as the caller holds
+it, which may be older than the row, so every delete also invalidates.
 
 An announcement ends at the matching ``post_*`` signal. One whose operation
 failed in between (a ``ValueError`` before the ``INSERT``, a ``pre_save``
@@ -31,26 +35,40 @@ from __future__ import annotations
 import sys
 from contextvars import ContextVar
 from types import FrameType
-from typing import Any, NamedTuple
+from typing import Any
 
 __all__ = ["Announcement", "announce", "covered", "sender_frame", "withdraw"]
 
 
-class Announcement(NamedTuple):
+class Announcement:
     """A write a signal said is coming."""
 
-    table: str
-    #: The frame that sent the ``pre_*`` signal; the announcement dies with it.
-    frame: FrameType | None
-    #: Value-token keys of the announced rows' primary keys; ``None``: any
-    #: statement on the table (an ``m2m_changed`` action on a through table).
-    pk_keys: frozenset[str] | None
-    #: A new instance: one ``INSERT`` without a primary key value is covered.
-    insert: bool
-    #: ``id()`` of the instance (or manager call) that announced it.
-    owner: int
-    #: What the receiver wants back at ``post_*`` (the old mapping of a save).
-    payload: Any = None
+    __slots__ = ("frame", "kind", "owner", "payload", "pk_keys", "spent", "table")
+
+    def __init__(
+        self,
+        table: str,
+        frame: FrameType | None,
+        kind: str,
+        owner: int,
+        pk_keys: frozenset[str] = frozenset(),
+        payload: Any = None,
+    ) -> None:
+        self.table = table
+        #: The frame that sent the ``pre_*`` signal; the announcement dies with it.
+        self.frame = frame
+        #: "update": a save of a stored row (statements on its primary key);
+        #: "insert": a save of a new instance (one INSERT); "m2m": an
+        #: ``m2m_changed`` action (one write to the through table).
+        self.kind = kind
+        #: ``id()`` of the instance that announced it.
+        self.owner = owner
+        #: Value-token keys of the row's primary key (empty: not known yet).
+        self.pk_keys = pk_keys
+        #: What the receiver wants back at ``post_*`` (the old mapping of a save).
+        self.payload = payload
+        #: An "insert" or "m2m" announcement covers one statement, then none.
+        self.spent = False
 
 
 _current: ContextVar[tuple[Announcement, ...]] = ContextVar("perfkit_announced", default=())
@@ -83,8 +101,12 @@ def _alive(announcements: tuple[Announcement, ...]) -> tuple[Announcement, ...]:
 
 
 def announce(announcement: Announcement) -> None:
-    # Dropping dead announcements here keeps the tuple short whatever failed.
-    _current.set((*_alive(_current.get()), announcement))
+    current = _current.get()
+    if current and current[-1].frame is not announcement.frame:
+        # A new operation: drop the dead announcements (a save that raised
+        # before its post_save) instead of keeping their frames alive.
+        current = _alive(current)
+    _current.set((*current, announcement))
 
 
 def withdraw(table: str, owner: int) -> Announcement | None:
@@ -101,17 +123,20 @@ def withdraw(table: str, owner: int) -> Announcement | None:
     return found
 
 
-def covered(base: str, keys: list[str], pk_column: Any) -> set[str]:
+def covered(base: str, keys: list[str], pk_column: Any, insert: bool) -> set[str]:
     """Tables whose ``w:`` key a statement with these ``keys`` leaves out.
 
     ``pk_column(table)``: the table's primary-key column (None if not a model
-    table). Costs one context-variable read when nothing is announced.
+    table); ``insert``: the statement is an ``INSERT``. Costs one
+    context-variable read when nothing is announced.
     """
     announcements = _current.get()
     if not announcements:
         return set()
-    announcements = _alive(announcements)
-    if not announcements:
+    live = _alive(announcements)
+    if len(live) != len(announcements):
+        _current.set(live)
+    if not live:
         return set()
     cut = len(base)
     written: dict[str, list[str]] = {}
@@ -123,11 +148,14 @@ def covered(base: str, keys: list[str], pk_column: Any) -> set[str]:
         written.setdefault(table, []).append(key if kind == "f" else kind)
     result: set[str] = set()
     for table, table_keys in written.items():
-        mine = [a for a in announcements if a.table == table]
+        mine = [a for a in live if a.table == table and not a.spent]
         if not mine:
             continue
-        if any(a.pk_keys is None for a in mine):
-            result.add(table)  # an m2m action: any statement on its through table
+        m2m = [a for a in mine if a.kind == "m2m"]
+        if m2m:
+            # The related manager's one statement on its through table.
+            m2m[0].spent = True
+            result.add(table)
             continue
         if "t" in table_keys:
             continue  # a write perfkit cannot attribute to rows
@@ -135,11 +163,16 @@ def covered(base: str, keys: list[str], pk_column: Any) -> set[str]:
         if column is None:
             continue
         prefix = f"{base}f:{table}:{column}:"
-        rows = [k for k in table_keys if k.startswith(prefix)]
-        if rows:
-            announced = set().union(*(a.pk_keys or () for a in mine))
-            if all(row in announced for row in rows):
-                result.add(table)
-        elif any(a.insert for a in mine):
+        rows = {k for k in table_keys if k.startswith(prefix)}
+        updates = [a for a in mine if a.kind == "update"]
+        if rows and updates and rows <= set().union(*(a.pk_keys for a in updates)):
+            # The stored row's UPDATE (or, if it was gone, its INSERT).
             result.add(table)
+            continue
+        if insert:
+            for a in mine:
+                if a.kind == "insert" and (rows == a.pk_keys if rows else not a.pk_keys):
+                    a.spent = True  # a save inserts one row, once
+                    result.add(table)
+                    break
     return result

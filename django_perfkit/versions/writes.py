@@ -548,7 +548,8 @@ class WriteWatcher:
         if seen is not None:
             seen.add("*")  # a write while computing an entry: never store it
         if keys and announced._current.get():
-            quiet = announced.covered(tokens.base, keys, _pk_column)
+            insert = type(sql) is str and sql.lstrip()[:6].upper() == "INSERT"
+            quiet = announced.covered(tokens.base, keys, _pk_column, insert)
             if quiet:
                 drop = {tokens.key("w", table) for table in quiet}
                 keys = [key for key in keys if key not in drop]

@@ -123,17 +123,23 @@ class DeferredRecomputes:
             try:
                 function.recompute(named, text)
             except Exception:
-                self.failed += 1  # logged by recompute()
+                with self._cond:
+                    self.failed += 1  # logged by recompute()
             finally:
                 with self._cond:
                     self._running -= 1
                     self.done += 1
                     idle = not self._pending
                     self._cond.notify_all()
-                if idle:
-                    # Respect CONN_MAX_AGE for this thread's connection, as a
-                    # request would at its end.
+            if idle:
+                # Respect CONN_MAX_AGE for this thread's connection, as a
+                # request would at its end (a failure must not end the thread).
+                try:
                     close_old_connections()
+                except Exception:
+                    logger.warning(
+                        "perfkit: closing the worker's connections failed", exc_info=True
+                    )
 
     def flush(self, timeout: float | None = None) -> bool:
         """Run every waiting recompute now and wait for them; False on timeout.
@@ -142,6 +148,8 @@ class DeferredRecomputes:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
+            if self._pending:
+                self._start()  # a thread that died (or a forked child) is replaced
             now = time.monotonic()
             for key, (function, named, text, _due) in list(self._pending.items()):
                 self._pending[key] = (function, named, text, now)
@@ -159,6 +167,17 @@ class DeferredRecomputes:
 
 
 worker = DeferredRecomputes()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's worker thread does not exist here, and its lock may have
+    # been held at the fork: start over with a fresh queue.
+    global worker
+    worker = DeferredRecomputes()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def flush_deferred(timeout: float | None = None) -> bool:

@@ -27,6 +27,7 @@ An entry depends on:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -428,7 +429,11 @@ class OnWriteFunction(Generic[P, R]):
             return [self._read(named, text) for named, text in keyed]
         missing = [i for i, value in enumerate(values) if value is entries.MISSING]
         if missing and compute_many is not None:
-            found = self._compute_many([keyed[i] for i in missing], compute_many)
+            wanted = [keyed[i] for i in missing]
+            if self._usable():
+                found = self._compute_many(wanted, compute_many)
+            else:  # an older snapshot (REPEATABLE READ, SQLite): read, never store
+                found = self._checked(compute_many, [named for named, _text in wanted])
             for i, value in zip(missing, found, strict=True):
                 values[i] = value
         elif missing:
@@ -452,7 +457,11 @@ class OnWriteFunction(Generic[P, R]):
         missing = [i for i, value in enumerate(values) if value is entries.MISSING]
         if missing and compute_many is not None:
             wanted = [keyed[i] for i in missing]
-            found = await sync_to_async(self._compute_many)(wanted, compute_many)
+            if self._usable():
+                found = await sync_to_async(self._compute_many)(wanted, compute_many)
+            else:
+                names = [named for named, _text in wanted]
+                found = await sync_to_async(self._checked)(compute_many, names)
             for i, value in zip(missing, found, strict=True):
                 values[i] = value
         elif missing:
@@ -617,11 +626,27 @@ class OnWriteFunction(Generic[P, R]):
     # -- writes -------------------------------------------------------------------------
 
     def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Recompute the entry now, store it, and return the value."""
+        """Recompute the entry now, store it, and return the value.
+
+        Inside ``atomic()``, the value is computed for the caller now and
+        recomputed for the cache when the transaction commits (what it sees
+        now may not be committed, or may be an older snapshot).
+        """
         named, text = self.key(args, kwargs)
+        connection = connections[self.using]
+        if connection.in_atomic_block:
+            connection.on_commit(functools.partial(self._refresh_quietly, named, text))
+            return self.func(**named)  # type: ignore[call-arg]
+        return self._refresh(named, text)  # type: ignore[no-any-return]
+
+    def _refresh(self, named: dict[str, Any], text: str) -> Any:
         if not bump(self.using, [self.own_token(text)]):
             return self.func(**named)  # type: ignore[call-arg]
-        return self.recompute(named, text)  # type: ignore[no-any-return]
+        return self.recompute(named, text)
+
+    def _refresh_quietly(self, named: dict[str, Any], text: str) -> None:
+        with contextlib.suppress(Exception):  # recompute() logs it
+            self._refresh(named, text)
 
     async def arefresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """The async form of :meth:`refresh` (the computation runs in a thread)."""

@@ -135,9 +135,10 @@ def _register(function: OnWriteFunction[Any, Any]) -> None:
             tables.add(through._meta.db_table)
             _connect_m2m(through)
         _by_model.setdefault(concrete, []).append((function, mapping))
-        for candidate in apps.get_models():
+        _connect(concrete)
+        for candidate in apps.get_models(include_auto_created=True):
             if candidate._meta.concrete_model is concrete:
-                _connect(candidate)
+                _connect(candidate)  # and its proxies
     function.set_tables(frozenset(tables))
     # Writes must be watched in every process that has such a function.
     watch_writes()
@@ -162,14 +163,13 @@ def _connect(model: Any) -> None:
     uid = f"django_perfkit.onwrite.{model._meta.label_lower}"
     signals.pre_save.connect(_pre_save, sender=model, weak=False, dispatch_uid=uid)
     signals.post_save.connect(_post_save, sender=model, weak=False, dispatch_uid=uid)
-    signals.pre_delete.connect(_pre_delete, sender=model, weak=False, dispatch_uid=uid)
     signals.post_delete.connect(_post_delete, sender=model, weak=False, dispatch_uid=uid)
 
 
 def _connect_m2m(through: Any) -> None:
-    if through in _connected:
+    if ("m2m", through) in _connected:
         return
-    _connected.add(through)
+    _connected.add(("m2m", through))
     uid = f"django_perfkit.onwrite.m2m.{through._meta.label_lower}"
     signals.m2m_changed.connect(_m2m_changed, sender=through, weak=False, dispatch_uid=uid)
 
@@ -217,30 +217,26 @@ def _deps(sender: Any) -> list[tuple[OnWriteFunction[Any, Any], DependencyMappin
 # -- receivers ----------------------------------------------------------------------
 
 
+def _handles(handled: set[Any], table: str) -> bool:
+    """May a write to ``table`` be announced by receivers that refresh ``handled``?
+
+    Only if every function that reads the table is among them: the others
+    would neither be refreshed nor (announced) invalidated.
+    """
+    return all(function in handled for function in _functions if table in function.tables)
+
+
+def _handled(*models_: Any) -> set[Any]:
+    return {function for model in models_ for function, _mapping in _deps(model)}
+
+
 def _pk_keys(using: str, model: Any, pk: Any) -> frozenset[str]:
     if pk is None:
         return frozenset()
     meta = model._meta
-    return frozenset({tokens_for(using).value(meta.db_table, str(meta.pk.column), pk)})
-
-
-def _announce_rows(model: Any, instance: Any, using: str, insert: bool, payload: Any) -> None:
-    frame = sender_frame()
-    # Multi-table inheritance: the parents' rows share the primary key value.
-    for concrete in (model._meta.concrete_model, *model._meta.get_parent_list()):
-        keys = _pk_keys(using, concrete, instance.pk)
-        table = concrete._meta.db_table
-        announce(Announcement(table, frame, keys, insert, id(instance), payload))
-        payload = None
-
-
-def _withdraw_rows(model: Any, instance: Any) -> Any:
-    payload = None
-    for concrete in (model._meta.concrete_model, *model._meta.get_parent_list()):
-        found = withdraw(concrete._meta.db_table, id(instance))
-        if found is not None and found.payload is not None:
-            payload = found.payload
-    return payload
+    # As the statement's parameters carry it (a UUID is text on SQLite).
+    value = meta.pk.get_db_prep_value(pk, connections[using], prepared=False)
+    return frozenset({tokens_for(using).value(meta.db_table, str(meta.pk.column), value)})
 
 
 def _pre_save(
@@ -248,16 +244,39 @@ def _pre_save(
 ) -> None:
     if raw:
         return  # loaddata: unannounced, so its writes invalidate instead
+    adding = instance._state.adding
     old: list[Item] = []
-    if instance.pk is not None and not instance._state.adding:
+    if not adding and instance.pk is not None:
+        # The row as stored, for the old mapping (a comment moved from A to B).
+        # Inside a transaction, locked: a concurrent move waits for this one.
         try:
-            stored = sender._base_manager.using(using).filter(pk=instance.pk).first()
+            rows = sender._base_manager.using(using).filter(pk=instance.pk)
+            if connections[using].in_atomic_block:
+                rows = rows.select_for_update()
+            stored = rows.first()
         except Exception:
-            stored = None
-            logger.warning("perfkit: cannot read the row being saved", exc_info=True)
+            logger.warning("perfkit: cannot read the row being saved; invalidating", exc_info=True)
+            return  # not announced: the write invalidates every entry reading the table
         if stored is not None:
             old = affected(_deps(sender), stored)
-    _announce_rows(sender, instance, using, instance._state.adding, old)
+    handled = _handled(sender)
+    try:
+        frame = sender_frame()
+        pk_keys = _pk_keys(using, sender, instance.pk)
+    except Exception:
+        return
+    kind = "insert" if adding else "update"
+    # Multi-table inheritance: the parents' rows share the primary key value.
+    for concrete in (sender._meta.concrete_model, *sender._meta.get_parent_list()):
+        table = concrete._meta.db_table
+        if _handles(handled, table):
+            keys = (
+                pk_keys
+                if concrete is sender._meta.concrete_model
+                else _pk_keys(using, concrete, instance.pk)
+            )
+            announce(Announcement(table, frame, kind, id(instance), keys, old))
+            old = []
 
 
 def _post_save(
@@ -265,16 +284,17 @@ def _post_save(
 ) -> None:
     if raw:
         return
-    old = _withdraw_rows(sender, instance) or []
+    old: list[Item] = []
+    for concrete in (sender._meta.concrete_model, *sender._meta.get_parent_list()):
+        found = withdraw(concrete._meta.db_table, id(instance))
+        if found is not None and found.payload:
+            old = found.payload
     schedule(using, [*old, *affected(_deps(sender), instance)])
 
 
-def _pre_delete(sender: Any, instance: Any, using: str = "default", **_: Any) -> None:
-    _announce_rows(sender, instance, using, False, None)
-
-
 def _post_delete(sender: Any, instance: Any, using: str = "default", **_: Any) -> None:
-    _withdraw_rows(sender, instance)
+    # Not announced (see versions.announced): the delete also invalidates, so
+    # an instance older than its row (moved meanwhile) leaves nothing stale.
     schedule(using, affected(_deps(sender), instance))
 
 
@@ -296,6 +316,11 @@ def _related_pks(through: Any, instance: Any, model: Any, using: str) -> list[An
     return list(found)
 
 
+def _everything(*models_: Any) -> list[Item]:
+    """Every entry of the functions depending on ``models_`` (what cannot be mapped)."""
+    return [(function, None, "") for function in _handled(*models_)]
+
+
 def _m2m_changed(
     sender: Any,
     instance: Any,
@@ -307,21 +332,35 @@ def _m2m_changed(
 ) -> None:
     table = sender._meta.db_table
     if action.startswith("pre_"):
-        payload = None
+        if not _handles(_handled(type(instance), model), table):
+            return  # a function reads the through table itself: let the write invalidate
+        payload: Any = None
         if action == "pre_clear" and _deps(model):
-            payload = _related_pks(sender, instance, model, using)
-        announce(Announcement(table, sender_frame(), None, False, id(instance), payload))
+            try:
+                payload = _related_pks(sender, instance, model, using)
+            except Exception:
+                logger.warning("perfkit: cannot read the rows being cleared", exc_info=True)
+                return  # not announced: the clear invalidates instead
+        try:
+            frame = sender_frame()
+        except Exception:
+            return
+        announce(Announcement(table, frame, "m2m", id(instance), payload=payload))
         return
     found = withdraw(table, id(instance))
     items = affected(_deps(type(instance)), instance)
     others = _deps(model)
     if others:
         pks = found.payload if action == "post_clear" and found is not None else pk_set
-        if pks is None:
-            items.extend((function, None, "") for function, _mapping in others)
-        elif pks:
-            for obj in model._base_manager.using(using).filter(pk__in=pks):
-                items.extend(affected(others, obj))
+        try:
+            if pks is None:
+                items.extend(_everything(model))
+            elif pks:
+                for obj in model._base_manager.using(using).filter(pk__in=pks):
+                    items.extend(affected(others, obj))
+        except Exception:
+            logger.warning("perfkit: cannot read the related rows; invalidating", exc_info=True)
+            items.extend(_everything(model))
     schedule(using, items)
 
 
@@ -362,6 +401,13 @@ def refresh(items: list[Item]) -> None:
     value nobody has read (the first read does, once, and the writes keep it
     fresh from then on). Never raises: the write these follow has committed.
     """
+    try:
+        _refresh(items)
+    except Exception:
+        logger.exception("perfkit: refreshing on-write entries failed")
+
+
+def _refresh(items: list[Item]) -> None:
     from django_perfkit.cache.onwrite import deferred
 
     unique: dict[tuple[int, str], Item] = {}
@@ -379,11 +425,12 @@ def refresh(items: list[Item]) -> None:
         if named is not None and reached[function.using]
     ]  # a failed bump is remembered: the alias is not read until it is made good
     for function, named, text in _stored(candidates):
-        if function.defer:
-            deferred.worker.enqueue(function, named, text)
-            continue
-        with contextlib.suppress(Exception):  # logged by recompute(); the entry is deleted
-            function.recompute(named, text)
+        # Each on its own: one failing must not cost the others their refresh.
+        with contextlib.suppress(Exception):  # recompute() logs; the entry is deleted
+            if function.defer:
+                deferred.worker.enqueue(function, named, text)
+            else:
+                function.recompute(named, text)
 
 
 def _stored(items: list[tuple[Any, dict[str, Any], str]]) -> list[tuple[Any, dict[str, Any], str]]:
