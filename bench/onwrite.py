@@ -8,9 +8,10 @@ article's comment count and its three latest commenters (two queries).
   articles in turn, against the floor the issue names: a Redis ``GET`` of the
   same pickled value and unpickling it (redis-py with hiredis, same server),
   and against calling the function uncached. ``get_many`` of the 10 keys
-  against an ``MGET`` and 10 unpickles. Rounds are interleaved and the median
-  of the rounds is shown; a background process sends Redis a ``PING`` every
-  0.2 ms, as in the cache benchmark.
+  against an ``MGET`` and 10 unpickles. The floor and perfkit alternate call
+  by call (each goes first half of the time); the median of each of 15
+  rounds is taken, and the median of those is shown. A background process
+  sends Redis a ``PING`` every 0.2 ms, as in the cache benchmark.
 * **Writes**: 1,000 comment inserts spread over the 10 articles (each its own
   autocommit transaction), to a table with no on-write function (perfkit's
   write watcher only), one recomputed at commit, and one with ``defer=True``

@@ -222,10 +222,13 @@ def decode(raw: bytes, beta: float) -> tuple[Any, bool]:
         return MISSING, False
     refresh = False
     if beta > 0:
-        # XFetch: now - delta * beta * ln(rand) >= expiry (Vattani et al. 2015)
+        # XFetch: now - delta * beta * ln(rand) >= expiry (Vattani et al. 2015).
+        # -ln(rand) exceeds 40 with probability e**-40: farther from expiry
+        # than that, no draw is needed.
+        left = int(expiry_ms) / 1000.0 - time.time()
         delta = int(compute_us) / 1_000_000
-        gap = -delta * beta * math.log(random.random() or 1e-12)
-        refresh = time.time() + gap >= int(expiry_ms) / 1000.0
+        if left <= 40 * delta * beta:
+            refresh = -delta * beta * math.log(random.random() or 1e-12) >= left
     return value, refresh
 
 

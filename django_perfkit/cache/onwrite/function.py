@@ -32,6 +32,7 @@ import functools
 import hashlib
 import inspect
 import logging
+import re
 import secrets
 import threading
 import time
@@ -75,7 +76,7 @@ R = TypeVar("R")
 DependencyMapping = Callable[[Any], Mapping[str, Any] | Iterable[Mapping[str, Any]] | None]
 
 _SCALARS = (str, int, float, Decimal, UUID, date, datetime, time_of_day, timedelta, bool)
-_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+_SAFE = re.compile(r"[A-Za-z0-9_.:-]*")
 _KEY_MAX = 200
 
 
@@ -104,8 +105,10 @@ def cached_on_write(
 
 def _key_part(function: str, name: str, value: Any) -> str:
     kind = type(value)
-    if kind is int or kind is str:
-        text = str(value)
+    if kind is int:
+        return str(value)  # digits and "-": nothing to quote
+    if kind is str:
+        text = value
     elif value is None or isinstance(value, _SCALARS):
         # str(): 5 and "5", a UUID and its text, name the same entry, as they
         # select the same rows; anything the text does not pin down is refused.
@@ -121,7 +124,7 @@ def _key_part(function: str, name: str, value: Any) -> str:
             f"({kind.__name__}); pass a str, int, UUID, date or a tuple of them "
             "(for a model instance, its primary key)"
         )
-    return text if all(c in _SAFE for c in text) else quote(text, safe="")
+    return text if _SAFE.fullmatch(text) else quote(text, safe="")
 
 
 class OnWriteFunction(Generic[P, R]):
@@ -164,6 +167,7 @@ class OnWriteFunction(Generic[P, R]):
         self._signature = signature
         self.params: tuple[str, ...] = tuple(names)
         self._param_set = frozenset(names)
+        self._prefixes = tuple(f"{name}=" for name in names)
         given: Any = (timeout, defer, using, depends_on)  # checked as the caller passed them
         timeout_in, defer_in, using_in, depends_in = given
         if timeout_in is not None and (
@@ -234,17 +238,23 @@ class OnWriteFunction(Generic[P, R]):
     def key(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         """The arguments by name, and the text that names their entry."""
         if not args and kwargs.keys() == self._param_set:
-            ordered = [(name, kwargs[name]) for name in self.params]
+            named = dict(kwargs)
         else:
             try:
                 bound = self._signature.bind(*args, **kwargs)
             except TypeError as exc:
                 raise TypeError(f"{self.name}(): {exc}") from None
-            ordered = list(bound.arguments.items())
-        text = ",".join(f"{name}={_key_part(self.name, name, value)}" for name, value in ordered)
+            named = dict(bound.arguments)
+        function = self.name
+        text = ",".join(
+            [
+                prefix + _key_part(function, name, named[name])
+                for name, prefix in zip(self.params, self._prefixes, strict=True)
+            ]
+        )
         if len(text) > _KEY_MAX:
             text = "h" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-        return dict(ordered), text
+        return named, text
 
     def _names(self, tokens: Tokens, text: str) -> tuple[str, str, str]:
         name = f"{self.name}:{text}"
