@@ -321,20 +321,26 @@ class OnWriteFunction(Generic[P, R]):
 
         return not snapshot_reads(connection)
 
-    def _lookup(self, text: str, store: bool = True) -> entries.Lookup:
-        """Where the entry lives, for the general protocol (misses, ``.cache()``'s path)."""
+    def _entry(self, text: str, store: bool = True) -> tuple[entries.Lookup, Plan]:
+        """Where the entry named ``text`` lives, and the tokens it depends on."""
         tokens = tokens_for(self.using)
         entry, lock, own = self._names(tokens, text)
-        return entries.Lookup(
+        plan = self._plan(tokens, own)
+        lookup = entries.Lookup(
             alias=self.using,
             entry=entry,
             lock=lock,
             timeout=self._timeout(),
             kind="onwrite",
             settings=get_settings().cache,
-            make_plan=functools.partial(self._plan, tokens, own),
+            make_plan=lambda: plan,
             store=store,
         )
+        return lookup, plan
+
+    def _lookup(self, text: str, store: bool = True) -> entries.Lookup:
+        """For the general protocol (misses: ``.cache()``'s path)."""
+        return self._entry(text, store)[0]
 
     def _compute(self, kwargs: dict[str, Any]) -> Any:
         value = self.func(**kwargs)  # type: ignore[call-arg]
@@ -541,7 +547,6 @@ class OnWriteFunction(Generic[P, R]):
         started = time.perf_counter()
         settings = get_settings().cache
         gateway = get_gateway()
-        tokens = tokens_for(self.using)
         lock_ms = int(settings.lock_timeout * 1000)
         # Missing tokens are created at capture: all captures come before the
         # first store, which would otherwise create the shared ones and make
@@ -551,23 +556,13 @@ class OnWriteFunction(Generic[P, R]):
         values: list[Any] = [entries.MISSING] * len(keyed)
         captured: list[tuple[entries.Lookup, Plan, str, Any]] = []
         for _named, text in keyed:
-            entry, lock, own = self._names(tokens, text)
-            plan = self._plan(tokens, own)
+            lookup, plan = self._entry(text)
             owner = secrets.token_hex(8)
             reply = gateway.run_script(
                 entries.CAPTURE,
-                [lock, entry, *plan.static],
+                [lookup.lock, lookup.entry, *plan.static],
                 [owner, lock_ms, "", seed, token_ms],
                 None,
-            )
-            lookup = entries.Lookup(
-                alias=self.using,
-                entry=entry,
-                lock=lock,
-                timeout=self._timeout(),
-                kind="onwrite",
-                settings=settings,
-                make_plan=lambda: None,
             )
             captured.append((lookup, plan, owner, reply))
         for i, (_lookup, _plan, _owner, reply) in enumerate(captured):
@@ -701,18 +696,8 @@ class OnWriteFunction(Generic[P, R]):
             return self.func(**named)  # type: ignore[call-arg]
         started = time.perf_counter()
         gateway = get_gateway()
-        tokens = tokens_for(self.using)
-        entry, lock, own = self._names(tokens, text)
-        lookup = entries.Lookup(
-            alias=self.using,
-            entry=entry,
-            lock=lock,
-            timeout=self._timeout(),
-            kind="onwrite",
-            settings=settings.cache,
-            make_plan=lambda: None,
-        )
-        plan = self._plan(tokens, own)
+        lookup, plan = self._entry(text)
+        entry, lock = lookup.entry, lookup.lock
         owner = secrets.token_hex(8)
         lock_ms = int(settings.cache.lock_timeout * 1000)
         reply = gateway.run_script(
