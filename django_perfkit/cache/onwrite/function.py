@@ -225,7 +225,7 @@ class OnWriteFunction(Generic[P, R]):
         #: Recomputes this process made (at commit, deferred, refresh()).
         self.recomputes = 0
         self._lock = threading.Lock()
-        self._keys_cache: dict[tuple[str, str], list[str]] = {}
+        self._keys_cache: dict[tuple[str, str], tuple[list[str], list[bytes]]] = {}
         from django_perfkit.cache.onwrite import registry
 
         registry.add(self)
@@ -283,16 +283,26 @@ class OnWriteFunction(Generic[P, R]):
 
     def _read_keys(self, text: str) -> list[str]:
         """``[entry, *tokens]`` of the entry named ``text``: what a hit ``MGET``s."""
+        return self._hit_plan(text)[0]
+
+    def _hit_plan(self, text: str) -> tuple[list[str], list[bytes]]:
+        """The keys a hit reads, and the header lines its entry must start with.
+
+        The lines: the token count, then each token's name (the values come from
+        the ``MGET``). Built once per entry name and kept (4,096 at most).
+        """
         tokens = tokens_for(self.using)
         cache_key = (tokens.base, text)
-        keys = self._keys_cache.get(cache_key)
-        if keys is None:
+        plan = self._keys_cache.get(cache_key)
+        if plan is None:
             entry, _lock, own = self._names(tokens, text)
-            keys = [entry, *self._static(tokens, own)]
+            static = self._static(tokens, own)
+            lines = [b"%d\n" % len(static), *(key.encode() + b"\n" for key in static)]
+            plan = ([entry, *static], lines)
             if len(self._keys_cache) >= 4096:
                 self._keys_cache.clear()
-            self._keys_cache[cache_key] = keys
-        return keys
+            self._keys_cache[cache_key] = plan
+        return plan
 
     def set_tables(self, tables: frozenset[str]) -> None:
         self.tables = tables
@@ -381,21 +391,25 @@ class OnWriteFunction(Generic[P, R]):
     # entry stored with other tokens, Redis not answering) takes the general
     # path, the one .cache() takes.
 
-    def _hit(self, keys: list[str], values: Any) -> Any:
-        """The value if ``values`` (the ``MGET`` of ``keys``) hold a valid entry, else MISSING."""
-        if not isinstance(values, list) or len(values) != len(keys):
+    def _hit(self, lines: list[bytes], values: Any) -> Any:
+        """The value if ``values`` (an ``MGET`` of the entry and its tokens) hold a valid
+        entry, else MISSING. ``lines``: from :meth:`_hit_plan`."""
+        if type(values) is not list or len(values) != len(lines):
             return entries.MISSING
         raw = values[0]
-        if not isinstance(raw, bytes):
+        if type(raw) is not bytes:
             return entries.MISSING
-        count = len(keys) - 1
-        parts = raw.split(b"\n", 2 * count + 1)
-        if len(parts) != 2 * count + 2 or parts[0] != b"%d" % count:
-            return entries.MISSING
-        for i in range(count):
-            if parts[2 * i + 2] != values[i + 1] or parts[2 * i + 1] != keys[i + 1].encode():
+        # The header the entry has if every token still has its stored value:
+        # "<n>\n" then "<token>\n<value>\n" for each.
+        expected = [lines[0]]
+        for line, value in zip(lines[1:], values[1:]):  # noqa: B905 (lengths checked)
+            if value is None:
                 return entries.MISSING
-        value, refresh = entries.decode(parts[-1], get_settings().cache.early_refresh_beta)
+            expected += (line, value, b"\n")
+        header = b"".join(expected)
+        if not raw.startswith(header):
+            return entries.MISSING
+        value, refresh = entries.decode(raw[len(header) :], get_settings().cache.early_refresh_beta)
         return entries.MISSING if refresh else value
 
     def _read(self, named: dict[str, Any], text: str) -> Any:
@@ -403,8 +417,8 @@ class OnWriteFunction(Generic[P, R]):
         if store is None or not ready_for_reads(self.using):
             return self.func(**named)  # type: ignore[call-arg]
         started = time.perf_counter()
-        keys = self._read_keys(text)
-        value = self._hit(keys, _mget(keys))
+        keys, lines = self._hit_plan(text)
+        value = self._hit(lines, _mget(keys))
         if value is not entries.MISSING:
             entries.count_lookup(True, time.perf_counter() - started)
             return value
@@ -417,8 +431,8 @@ class OnWriteFunction(Generic[P, R]):
         if store is None or not await aready_for_reads(self.using):
             return await compute()
         started = time.perf_counter()
-        keys = self._read_keys(text)
-        value = self._hit(keys, await _amget(keys))
+        keys, lines = self._hit_plan(text)
+        value = self._hit(lines, await _amget(keys))
         if value is not entries.MISSING:
             entries.count_lookup(True, time.perf_counter() - started)
             return value
@@ -505,19 +519,23 @@ class OnWriteFunction(Generic[P, R]):
 
     def _many_keys(
         self, keyed: list[tuple[dict[str, Any], str]]
-    ) -> tuple[list[list[str]], list[str]]:
+    ) -> tuple[list[tuple[list[str], list[bytes]]], list[str]]:
         # One MGET for every entry and every token (the shared ones once).
-        per_entry = [self._read_keys(text) for _named, text in keyed]
-        union = list(dict.fromkeys(key for keys in per_entry for key in keys))
+        per_entry = [self._hit_plan(text) for _named, text in keyed]
+        union = list(dict.fromkeys(key for keys, _lines in per_entry for key in keys))
         return per_entry, union
 
     def _many_values(
-        self, per_entry: list[list[str]], union: list[str], values: Any, started: float
+        self,
+        per_entry: list[tuple[list[str], list[bytes]]],
+        union: list[str],
+        values: Any,
+        started: float,
     ) -> list[Any]:
         if not isinstance(values, list) or len(values) != len(union):
             return [entries.MISSING] * len(per_entry)
         by_key = dict(zip(union, values, strict=True))
-        found = [self._hit(keys, [by_key[key] for key in keys]) for keys in per_entry]
+        found = [self._hit(lines, [by_key[key] for key in keys]) for keys, lines in per_entry]
         hits = sum(value is not entries.MISSING for value in found)
         record = current_record()
         if record is not None:
