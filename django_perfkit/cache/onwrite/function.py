@@ -1,12 +1,13 @@
 """``@cached_on_write``: a function whose results are recomputed when their data changes.
 
-The read path is :func:`django_perfkit.cache.entries.get`, the same one round
-trip as a ``.cache()`` hit: the entry is valid while its version tokens hold
-the values it was stored with. What differs is who computes. A ``.cache()``
-entry is computed by the first reader after a write; an on-write entry is
-computed by the write: when a dependency's signal reports a change, the
-affected entries' own tokens (``e:``) are bumped and the entries recomputed and
-stored right after the commit, so the next reader hits.
+Entries are ``.cache()``'s (:mod:`django_perfkit.cache.entries`): valid while
+their version tokens hold the values they were stored with; a miss takes the
+same single-flight protocol. A hit is one ``MGET`` of the entry and its
+tokens (known in advance here), compared in Python. What differs is who
+computes. A ``.cache()`` entry is computed by the first reader after a write;
+an on-write entry by the write: when a dependency's signal reports a change,
+the affected entries' own tokens (``e:``) are bumped and the stored ones
+recomputed right after the commit, so the next reader hits.
 
 An entry depends on:
 

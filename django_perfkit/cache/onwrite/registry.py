@@ -5,16 +5,17 @@ loaded yet, when perfkit's app is ready). Registering connects one set of
 receivers per dependency model (and per many-to-many table of one), shared by
 every function that depends on it:
 
-* ``pre_save`` / ``pre_delete`` / ``m2m_changed`` ``pre_*``: announce the write
-  that follows (:mod:`django_perfkit.versions.announced`), so it does not
-  invalidate the other entries; ``pre_save`` of an existing row also reads the
-  row as stored, for its old mapping (a comment moved from article A to B
-  refreshes both);
+* ``pre_save`` / ``m2m_changed`` ``pre_*``: announce the write that follows
+  (:mod:`django_perfkit.versions.announced`), so it does not invalidate the
+  other entries, when every function reading the table is one these
+  receivers refresh; ``pre_save`` of a row loaded from the database also
+  reads it as stored, for its old mapping (a comment moved from article A to
+  B refreshes both). Deletes are not announced: they also invalidate.
 * ``post_save`` / ``post_delete`` / ``m2m_changed`` ``post_*``: map the
   instance to the entries it affects and refresh them once the transaction
-  commits (:class:`Refresh`): bump their own tokens, then recompute, now or in
-  the background worker (``defer=True``). A rollback drops the hook, and with
-  it the refresh: nothing changed.
+  commits (:class:`Refresh`): bump their own tokens, then recompute the ones
+  that are stored, now or in the background worker (``defer=True``). A
+  rollback drops the hook, and with it the refresh: nothing changed.
 """
 
 from __future__ import annotations
