@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import venvs  # noqa: E402
+from bench.cli import report  # noqa: E402
 from bench.pgserver import PrivatePostgres  # noqa: E402
 from tests.redis_servers import PrivateRedis  # noqa: E402
 
@@ -248,13 +249,5 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    results = run()
-    if "--json" in sys.argv:
-        sys.stdout.write(json.dumps(results) + "\n")
-    else:
-        print(table(results))
-
-
 if __name__ == "__main__":
-    main()
+    report(run, table)

@@ -28,7 +28,6 @@ docs/benchmarks.md).
 
 from __future__ import annotations
 
-import json
 import pickle
 import statistics
 import subprocess
@@ -42,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench.cache import _KEEP_BUSY  # noqa: E402
+from bench.cli import report  # noqa: E402
 from bench.pgserver import PrivatePostgres  # noqa: E402
 from tests.redis_servers import PrivateRedis  # noqa: E402
 
@@ -272,13 +272,5 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    results = run()
-    if "--json" in sys.argv:
-        sys.stdout.write(json.dumps(results) + "\n")
-    else:
-        print(table(results))
-
-
 if __name__ == "__main__":
-    main()
+    report(run, table)
