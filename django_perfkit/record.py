@@ -189,6 +189,33 @@ class RequestRecord:
         self.finished = time.perf_counter()
         self.status = status
 
+    def absorb(self, inner: RequestRecord, max_queries: int) -> None:
+        """Add what a record opened inside this one saw (``capture()`` inside a request)."""
+        db, more = self.db, inner.db
+        db.count += more.count
+        db.time += more.time
+        room = max(0, max_queries - len(db.queries))
+        db.queries.extend(more.queries[:room])
+        db.dropped += more.dropped + max(0, len(more.queries) - room)
+        cache, cached = self.cache, inner.cache
+        cache.hits += cached.hits
+        cache.misses += cached.misses
+        cache.skipped += cached.skipped
+        cache.recomputes += cached.recomputes
+        cache.time += cached.time
+        for label, section in inner.sections.items():
+            mine = self.sections.setdefault(label, Section())
+            mine.count += section.count
+            mine.time += section.time
+        self.ratelimits.extend(inner.ratelimits)
+        self.redis_failures += inner.redis_failures
+        self.errors.extend(inner.errors)
+        if inner.after_response:
+            # Work queued for after the response waits for the outer response.
+            if self.after_response is None:
+                self.after_response = []
+            self.after_response.extend(inner.after_response)
+
     def run_after_response(self) -> None:
         """Start the work queued for after the response (each piece once; never raises)."""
         work, self.after_response = self.after_response, None
