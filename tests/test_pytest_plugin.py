@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -89,3 +90,86 @@ def test_the_marker_in_this_suite() -> None:
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
+
+
+BUDGETED = """
+import json
+import pathlib
+
+import pytest
+from django.db import connection
+
+PLAN = json.loads((pathlib.Path(__file__).parent / "plan.json").read_text())
+
+
+def run(sql, n):
+    with connection.cursor() as cursor:
+        for i in range(n):
+            cursor.execute(sql, [i])
+
+
+@pytest.mark.django_db
+def test_grows():
+    run("SELECT %s", PLAN["grows"])
+    run("SELECT %s + 1", PLAN["grows_new"])
+
+
+@pytest.mark.django_db
+def test_shrinks():
+    run("SELECT %s", PLAN["shrinks"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_steady_with_savepoints():
+    from django.db import transaction
+
+    with transaction.atomic():
+        run("SELECT %s", 2)
+"""
+
+
+def _run_inner(tmp_path: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "PERFKIT_TEST_RUN_ID": f"{RUN_ID}budgets",
+        "PYTHONPATH": str(ROOT),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", str(tmp_path), "-p", "no:cacheprovider", "-q",
+         "-o", "addopts=", "-o", "asyncio_default_fixture_loop_scope=function",
+         "--rootdir", str(tmp_path), *args],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    return out.stdout + out.stderr
+
+
+def test_a_budgets_file_fails_the_tests_whose_query_count_rose(tmp_path: Path) -> None:
+    (tmp_path / "test_budgeted.py").write_text(BUDGETED)
+    plan = tmp_path / "plan.json"
+    budgets = tmp_path / "budgets.json"
+    plan.write_text('{"grows": 2, "grows_new": 0, "shrinks": 3}')
+    text = _run_inner(tmp_path, f"--perfkit-budgets={budgets}", "--perfkit-record")
+    assert "3 passed" in text and "query budgets written" in text, text
+    recorded = json.loads(budgets.read_text())
+    grows = "test_budgeted.py::test_grows"
+    assert recorded[grows] == {"queries": 2, "shapes": {"SELECT ?": 2}}
+    # SAVEPOINT / RELEASE are not counted: they depend on how the test is wrapped.
+    assert recorded["test_budgeted.py::test_steady_with_savepoints"]["queries"] == 2
+
+    plan.write_text('{"grows": 3, "grows_new": 2, "shrinks": 1}')
+    text = _run_inner(tmp_path, f"--perfkit-budgets={budgets}")
+    assert "1 failed, 2 passed" in text, text
+    assert "query count rose: 5 > 2" in text
+    assert "+ 3 x SELECT ?  (was 2)" in text
+    assert "+ 2 x SELECT ? + ?  (new)" in text
+    assert "test_budgeted.py::test_shrinks: 3 -> 1" in text  # improved, listed
+    assert json.loads(budgets.read_text()) == recorded  # comparing never rewrites it
+
+
+def test_budgets_options_are_checked(tmp_path: Path) -> None:
+    (tmp_path / "test_budgeted.py").write_text("def test_nothing():\n    pass\n")
+    text = _run_inner(tmp_path, "--perfkit-record")
+    assert "--perfkit-record needs --perfkit-budgets" in text
+    text = _run_inner(tmp_path, f"--perfkit-budgets={tmp_path / 'missing.json'}")
+    assert "write it first with --perfkit-record" in text

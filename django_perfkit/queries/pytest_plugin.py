@@ -8,18 +8,40 @@ django-perfkit is installed; it does nothing to a test that does not ask:
   9,000-query log too), with the report of what ran in the failure message.
 * the ``perfkit_queries`` fixture: a :class:`~django_perfkit.queries.QueryReport`
   of the test's queries, to assert on yourself.
+* ``--perfkit-budgets=FILE --perfkit-record`` writes every passing test's
+  query count and query shapes to ``FILE``; ``--perfkit-budgets=FILE`` then
+  fails every test whose count rose, with the shapes that were added, and
+  lists the tests that improved.
 
-Budgets recorded to a file, N+1 findings and ``pytest-xdist`` are not here yet.
+N+1 findings and ``pytest-xdist`` are not here yet.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections import Counter
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 __all__ = ["perfkit_queries"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("perfkit", "django-perfkit query budgets")
+    group.addoption(
+        "--perfkit-budgets",
+        metavar="FILE",
+        help="compare each test's query count with FILE (JSON); fail the ones that rose",
+    )
+    group.addoption(
+        "--perfkit-record",
+        action="store_true",
+        help="write the query counts of the tests that pass to --perfkit-budgets instead",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -28,6 +50,103 @@ def pytest_configure(config: pytest.Config) -> None:
         "query_budget(max_queries): fail the test if it runs more than max_queries "
         "database queries (django-perfkit)",
     )
+    path = config.getoption("perfkit_budgets", None)
+    if config.getoption("perfkit_record", False) and not path:
+        raise pytest.UsageError("--perfkit-record needs --perfkit-budgets=FILE to write to")
+    if path:
+        config.stash[_BUDGETS] = Budgets(Path(path), config.getoption("perfkit_record"))
+
+
+# Transaction control: how many of these run depends on how the test database
+# wraps the test (pytest-django's django_db vs transaction=True), not on the code.
+_CONTROL = re.compile(r"\s*(SAVEPOINT|RELEASE|ROLLBACK|BEGIN|COMMIT|START TRANSACTION)\b", re.I)
+
+
+class Budgets:
+    """The budgets file: ``{test id: {"queries": n, "shapes": {fingerprint: n}}}``."""
+
+    def __init__(self, path: Path, record: bool) -> None:
+        self.path = path
+        self.recording = record
+        self.known: dict[str, Any] = {}
+        if path.exists():
+            try:
+                self.known = json.loads(path.read_text())
+            except ValueError as exc:
+                raise pytest.UsageError(f"--perfkit-budgets: {path} is not JSON: {exc}") from None
+        elif not record:
+            raise pytest.UsageError(
+                f"--perfkit-budgets: {path} does not exist; write it first with --perfkit-record"
+            )
+        self.improved: list[tuple[str, int, int]] = []
+
+    @staticmethod
+    def measure(report: Any) -> tuple[int, Counter[str], dict[str, str | None]]:
+        from django_perfkit.queries import fingerprint
+
+        shapes: Counter[str] = Counter()
+        sites: dict[str, str | None] = {}
+        control = 0
+        for query in report.queries:
+            if _CONTROL.match(query.sql):
+                control += 1
+                continue
+            shape = fingerprint(query.sql)
+            shapes[shape] += 1
+            sites.setdefault(shape, query.call_site)
+        return report.count - control, shapes, sites
+
+    def check(self, nodeid: str, report: Any) -> None:
+        count, shapes, sites = self.measure(report)
+        if self.recording:
+            self.known[nodeid] = {"queries": count, "shapes": dict(sorted(shapes.items()))}
+            return
+        budget = self.known.get(nodeid)
+        if budget is None:
+            return
+        allowed = int(budget.get("queries", 0))
+        if count < allowed:
+            self.improved.append((nodeid, allowed, count))
+        if count <= allowed:
+            return
+        before = Counter(budget.get("shapes", {}))
+        lines = [f"query count rose: {count} > {allowed} (budget in {self.path})"]
+        for shape, now in sorted(shapes.items(), key=lambda item: -item[1]):
+            was = before.get(shape, 0)
+            if now > was:
+                change = "new" if not was else f"was {was}"
+                lines.append(f"  + {now} x {shape}  ({change})")
+                if sites.get(shape):
+                    lines.append(f"      at {sites[shape]}")
+        pytest.fail("\n".join(lines), pytrace=False)
+
+    def write(self) -> None:
+        text = json.dumps(dict(sorted(self.known.items())), indent=1, sort_keys=True)
+        self.path.write_text(text + "\n")
+
+
+_BUDGETS = pytest.StashKey[Budgets]()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    budgets = session.config.stash.get(_BUDGETS, None)
+    if budgets is not None and budgets.recording:
+        budgets.write()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    budgets = config.stash.get(_BUDGETS, None)
+    if budgets is None:
+        return
+    if budgets.recording:
+        terminalreporter.write_line(f"perfkit: query budgets written to {budgets.path}")
+    elif budgets.improved:
+        terminalreporter.write_line(
+            f"perfkit: {len(budgets.improved)} tests run fewer queries than their budget "
+            "(tighten it with --perfkit-record):"
+        )
+        for nodeid, was, now in budgets.improved:
+            terminalreporter.write_line(f"  {nodeid}: {was} -> {now}")
 
 
 def _budget(item: pytest.Item) -> int | None:
@@ -46,14 +165,17 @@ def _budget(item: pytest.Item) -> int | None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     budget = _budget(item)
-    if budget is None:
+    budgets = item.config.stash.get(_BUDGETS, None)
+    if budget is None and budgets is None:
         return (yield)
     from django_perfkit.queries import capture
 
     with capture() as report:
         result = yield  # a failing test raises here, and fails as itself
-    if report.count > budget:
+    if budget is not None and report.count > budget:
         pytest.fail(f"query budget exceeded: {report.count} > {budget}\n{report}", pytrace=False)
+    if budgets is not None:
+        budgets.check(item.nodeid, report)
     return result
 
 
