@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
-from django.test import override_settings
+from django.test import Client, override_settings
 from model_bakery import baker
 
 from django_perfkit.queries import capture, fingerprint
@@ -114,3 +114,13 @@ def test_what_a_capture_records_joins_the_request_and_waits_for_its_response() -
         assert ran == []  # not at the end of the capture: at the end of the request
         assert outer.sections["inside"].count == 1
     assert ran == ["after"]
+
+
+def test_capture_counts_the_queries_of_requests_made_inside_it(client: Client) -> None:
+    _articles(3)
+    with capture() as report:
+        response = client.get("/articles/naive/")
+    assert response.status_code == 200
+    # The naive list: count + page, then author, category, tags and comment
+    # count per row; served by the middleware's own record, reported here too.
+    assert report.count == 2 + 4 * 3
