@@ -2,6 +2,7 @@
 #   make demo   serve the demo news site on http://127.0.0.1:8000
 #   make test   run the whole suite against PostgreSQL and Redis on localhost
 #   make lint / make docs / make bench / make tox-ci
+#   make budgets  record the demo tests' query budgets (perf-budgets.json) again
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: install services demo test lint docs bench tox-ci clean
+.PHONY: install services demo test budgets lint docs bench tox-ci clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +43,14 @@ demo: install
 	@echo ""
 	PERFKIT_DEMO_QUIET=1 $(BIN)/python testproject/manage.py runserver 127.0.0.1:8000
 
+# The second run checks the demo site's query budgets (perf-budgets.json):
+# a test whose query count rose fails. `make budgets` records them again.
 test: install services
 	$(BIN)/pytest
+	$(BIN)/pytest tests/test_demo_site.py -q --perfkit-budgets=perf-budgets.json
+
+budgets: install services
+	$(BIN)/pytest tests/test_demo_site.py -q --perfkit-budgets=perf-budgets.json --perfkit-record
 
 lint: install
 	$(BIN)/ruff check .

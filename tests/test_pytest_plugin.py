@@ -119,6 +119,13 @@ def test_shrinks():
     run("SELECT %s", PLAN["shrinks"])
 
 
+def test_not_recorded_runs_untouched():
+    from django_perfkit.record import current_record
+
+    if PLAN.get("check_untouched"):
+        assert current_record() is None
+
+
 @pytest.mark.django_db(transaction=True)
 def test_steady_with_savepoints():
     from django.db import transaction
@@ -150,16 +157,18 @@ def test_a_budgets_file_fails_the_tests_whose_query_count_rose(tmp_path: Path) -
     budgets = tmp_path / "budgets.json"
     plan.write_text('{"grows": 2, "grows_new": 0, "shrinks": 3}')
     text = _run_inner(tmp_path, f"--perfkit-budgets={budgets}", "--perfkit-record")
-    assert "3 passed" in text and "query budgets written" in text, text
+    assert "4 passed" in text and "query budgets written" in text, text
     recorded = json.loads(budgets.read_text())
     grows = "test_budgeted.py::test_grows"
     assert recorded[grows] == {"queries": 2, "shapes": {"SELECT ?": 2}}
     # SAVEPOINT / RELEASE are not counted: they depend on how the test is wrapped.
     assert recorded["test_budgeted.py::test_steady_with_savepoints"]["queries"] == 2
 
-    plan.write_text('{"grows": 3, "grows_new": 2, "shrinks": 1}')
+    plan.write_text('{"grows": 3, "grows_new": 2, "shrinks": 1, "check_untouched": true}')
+    del recorded["test_budgeted.py::test_not_recorded_runs_untouched"]
+    budgets.write_text(json.dumps(recorded))
     text = _run_inner(tmp_path, f"--perfkit-budgets={budgets}")
-    assert "1 failed, 2 passed" in text, text
+    assert "1 failed, 3 passed" in text, text
     assert "query count rose: 5 > 2" in text
     assert "+ 3 x SELECT ?  (was 2)" in text
     assert "+ 2 x SELECT ? + ?  (new)" in text
