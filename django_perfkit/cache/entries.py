@@ -195,14 +195,21 @@ class Lookup:
     make_plan: Callable[[], Plan | None]
     #: False when the result may come from an older snapshot: read, never store.
     store: bool = True
+    #: Compute and store whatever is stored and whoever holds the lock (cache on
+    #: write's recompute after a write: a holder may have computed before it).
+    force: bool = False
 
 
-def count_lookup(hit: bool | None, seconds: float, skipped: bool = False) -> None:
+def count_lookup(
+    hit: bool | None, seconds: float, skipped: bool = False, recompute: bool = False
+) -> None:
     record = current_record()
     if record is None:
         return
     stats = record.cache
-    if hit is True:
+    if recompute:
+        stats.recomputes += 1
+    elif hit is True:
         stats.hits += 1
     elif hit is False:
         stats.misses += 1
@@ -276,7 +283,7 @@ _Step = tuple[Any, ...]
 
 def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
     started = time.perf_counter()
-    raw = yield ("script", READ, [lookup.entry], [])
+    raw = None if lookup.force else (yield ("script", READ, [lookup.entry], []))
     cached: Any = MISSING
     if raw is not None:
         cached, refresh = decode(raw, lookup.settings.early_refresh_beta)
@@ -290,10 +297,10 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
     owner = secrets.token_hex(8)
     lock_ms = int(lookup.settings.lock_timeout * 1000)
     keys = [lookup.lock, lookup.entry, *plan.static]
-    mode = "refresh" if cached is not MISSING else ""
+    mode = "refresh" if cached is not MISSING or lookup.force else ""
     reply = yield ("script", CAPTURE, keys, [owner, lock_ms, mode])
     if reply is None:  # Redis is not answering: the database it is
-        count_lookup(False, time.perf_counter() - started)
+        count_lookup(False, time.perf_counter() - started, recompute=lookup.force)
         return cached if cached is not MISSING else (yield ("compute",))
     if reply[0] == 2:
         # Stored by another miss between our read and now (single flight's
@@ -305,7 +312,9 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
         return (yield ("compute",))
     locked = reply[0] == 1
     captured = reply[1:]
-    if not locked:
+    if not locked and lookup.force:
+        owner = ""  # compute anyway; STORE refuses it if a later write moved a token
+    elif not locked:
         if cached is not MISSING:
             # Someone else is refreshing early: the current entry is still valid.
             count_lookup(True, time.perf_counter() - started)
@@ -351,7 +360,8 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
             # Redis did not answer (a large entry, a timeout): do not leave the
             # others waiting for a lock nobody will release.
             yield ("script", RELEASE, [lookup.lock], [owner])
-    count_lookup(False, cache_seconds + time.perf_counter() - store_started, skipped=not stored)
+    seconds = cache_seconds + time.perf_counter() - store_started
+    count_lookup(False, seconds, skipped=not stored, recompute=lookup.force)
     return value
 
 

@@ -713,53 +713,19 @@ class OnWriteFunction(Generic[P, R]):
         settings = get_settings()
         if not settings.enabled or not settings.cache.enabled:
             return self.func(**named)  # type: ignore[call-arg]
-        started = time.perf_counter()
-        gateway = get_gateway()
-        lookup, plan = self._entry(text)
-        entry, lock = lookup.entry, lookup.lock
-        owner = secrets.token_hex(8)
-        lock_ms = int(settings.cache.lock_timeout * 1000)
-        reply = gateway.run_script(
-            entries.CAPTURE, [lock, entry, *plan.static], [owner, lock_ms, "refresh"], None
-        )
-        if reply is None:
-            # Redis is not answering; the bump before this failed too and was
-            # remembered, so nothing old is served when it comes back.
-            return self.func(**named)  # type: ignore[call-arg]
-        owner = owner if reply[0] == 1 else ""
-        captured = reply[1:]
-        read_tables: set[str] = set()
-        token = reading.set(read_tables)
-        computed_at = time.perf_counter()
+        lookup, _plan = self._entry(text)
+        lookup.force = True  # .cache()'s miss protocol, without the wait for the lock
         try:
-            value = self.func(**named)  # type: ignore[call-arg]
+            value = entries.get(lookup, functools.partial(self._compute, named))
         except Exception:
             logger.exception(
                 "perfkit: recomputing %s(%s) failed; its entry is deleted", self.name, text
             )
-            gateway.run(lambda client: client.delete(entry), None)
-            if owner:
-                gateway.run_script(entries.RELEASE, [lock], [owner], None)
+            entry = lookup.entry
+            get_gateway().run(lambda client: client.delete(entry), None)
             raise
-        finally:
-            reading.reset(token)
-        compute_seconds = time.perf_counter() - computed_at
-        self._learn(read_tables)
-        body = None
-        if entries.storable(plan, read_tables):
-            body = entries.encode(value, lookup, compute_seconds)
-        if body is None:
-            if owner:
-                gateway.run_script(entries.RELEASE, [lock], [owner], None)
-        else:
-            keys, store_args = entries.store_args(lookup, plan, captured, owner, value, body)
-            gateway.run_script(entries.STORE, keys, store_args, None)
         with self._lock:
             self.recomputes += 1
-        record = current_record()
-        if record is not None:
-            record.cache.recomputes += 1
-            record.cache.time += time.perf_counter() - started - compute_seconds
         return value
 
 
