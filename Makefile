@@ -47,7 +47,7 @@ demo: install
 # a test whose query count rose fails. `make budgets` records them again.
 test: install services
 	$(BIN)/pytest
-	$(BIN)/pytest tests/test_demo_site.py -q --perfkit-budgets=perf-budgets.json
+	$(BIN)/pytest tests/test_demo_site.py -q --perfkit-budgets=perf-budgets.json --perfkit-nplusone=fail
 
 budgets: install services
 	$(BIN)/pytest tests/test_demo_site.py -q --perfkit-budgets=perf-budgets.json --perfkit-record

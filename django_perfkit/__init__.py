@@ -14,8 +14,10 @@ __all__ = [
     "CachedManager",
     "CachedQuerySet",
     "CachedQuerySetMixin",
+    "NPlusOneDetected",
     "OnWriteFunction",
     "PerfkitMiddleware",
+    "QueryBudgetExceeded",
     "RequestRecord",
     "__version__",
     "ainvalidate",
@@ -26,6 +28,7 @@ __all__ = [
     "get_gateway",
     "invalidate",
     "invalidate_all",
+    "query_budget",
     "ratelimit",
     "record_request",
     "timer",
@@ -43,6 +46,9 @@ _LAZY = {
     "invalidate": "django_perfkit.cache",
     "invalidate_all": "django_perfkit.cache",
     "PerfkitMiddleware": "django_perfkit.middleware",
+    "NPlusOneDetected": "django_perfkit.queries",
+    "QueryBudgetExceeded": "django_perfkit.queries",
+    "query_budget": "django_perfkit.queries",
     "RequestRecord": "django_perfkit.record",
     "current_record": "django_perfkit.record",
     "record_request": "django_perfkit.record",
@@ -64,6 +70,11 @@ if TYPE_CHECKING:
         invalidate_all,
     )
     from django_perfkit.middleware import PerfkitMiddleware
+    from django_perfkit.queries import (
+        NPlusOneDetected,
+        QueryBudgetExceeded,
+        query_budget,
+    )
     from django_perfkit.ratelimit.decorators import ratelimit
     from django_perfkit.record import RequestRecord, current_record, record_request, timer
     from django_perfkit.redis import get_gateway

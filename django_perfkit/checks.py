@@ -24,8 +24,10 @@ E014      ``RATELIMIT_IPV4_MASK`` / ``RATELIMIT_IPV6_MASK`` is out of range
 E015      ``RATELIMIT_VIEW`` cannot be imported or is not callable
 E016      ``CACHE`` is not a dict, or one of its values is of the wrong kind
 E017      ``CACHE["MODELS"]`` names a model that does not exist
+E018      ``QUERY_GUARD`` is not a dict, or one of its values is of the wrong kind
 W005      ``CACHE["MODELS"]`` names a model whose managers have no ``.cache()``
 W006      ``CACHE`` has a key perfkit does not know (a typo?)
+W007      ``QUERY_GUARD`` has a key perfkit does not know (a typo?)
 W001      ``PERFKIT`` has a key perfkit does not know (a typo?)
 W002      ``PerfkitMiddleware`` is not in ``MIDDLEWARE``
 W003      ``PerfkitMiddleware`` is not first in ``MIDDLEWARE``
@@ -48,6 +50,8 @@ from django.utils.module_loading import import_string
 from django_perfkit.conf import (
     CACHE_DEFAULTS,
     DEFAULTS,
+    QUERY_GUARD_DEFAULTS,
+    QUERY_GUARD_MODES,
     RATELIMIT_ALGORITHMS,
     RATELIMIT_FAIL_MODES,
     SERVER_TIMING_MODES,
@@ -146,6 +150,7 @@ def check_settings(
 
     errors += _check_ratelimits(raw)
     errors += _check_cache(raw)
+    errors += _check_query_guard(raw)
 
     prefix = raw.get("KEY_PREFIX", DEFAULTS["KEY_PREFIX"])
     if not isinstance(prefix, str) or not prefix or any(c in prefix for c in " {}\t\n"):
@@ -466,3 +471,81 @@ def _check_cached_model(label: Any, timeout: Any) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+_ALLOWLIST_KEYS = ("relation", "location", "fingerprint", "model")
+
+
+def _check_query_guard(raw: dict[str, Any]) -> list[CheckMessage]:
+    if "QUERY_GUARD" not in raw:
+        return []
+    guard = raw["QUERY_GUARD"]
+    if not isinstance(guard, dict):
+        return [
+            Error(
+                f'PERFKIT["QUERY_GUARD"] must be a dict, not {type(guard).__name__}.',
+                hint='Write PERFKIT["QUERY_GUARD"] = {"MODE": "log", ...}, or leave it out.',
+                id="perfkit.E018",
+            )
+        ]
+    errors: list[CheckMessage] = []
+
+    def error(message: str, hint: str) -> None:
+        errors.append(Error(f'PERFKIT["QUERY_GUARD"]{message}', hint=hint, id="perfkit.E018"))
+
+    for key in guard:
+        if key not in QUERY_GUARD_DEFAULTS:
+            close = difflib.get_close_matches(str(key), list(QUERY_GUARD_DEFAULTS), n=1)
+            errors.append(
+                Warning(
+                    f'PERFKIT["QUERY_GUARD"] has an unknown key "{key}".',
+                    hint=f'Did you mean "{close[0]}"?'
+                    if close
+                    else "See the configuration reference for the keys of QUERY_GUARD.",
+                    id="perfkit.W007",
+                )
+            )
+    mode = guard.get("MODE")
+    if mode is not None and mode not in QUERY_GUARD_MODES:
+        error(
+            f'["MODE"] is {mode!r}.',
+            "Write one of " + ", ".join(f'"{m}"' for m in QUERY_GUARD_MODES) + ", or None "
+            "(raise under DEBUG and tests, log otherwise).",
+        )
+    threshold = guard.get("NPLUSONE_THRESHOLD", 2)
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 2:
+        error(
+            f'["NPLUSONE_THRESHOLD"] must be a whole number >= 2, not {threshold!r}.',
+            'Write for example PERFKIT["QUERY_GUARD"]["NPLUSONE_THRESHOLD"] = 2.',
+        )
+    for key in ("MAX_QUERIES", "MAX_DUPLICATES"):
+        value = guard.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            error(
+                f'["{key}"] must be a whole number >= 0 or None, not {value!r}.',
+                f'Write for example PERFKIT["QUERY_GUARD"]["{key}"] = 50, or None for no budget.',
+            )
+    if not isinstance(guard.get("UNUSED_PREFETCHES", True), bool):
+        error('["UNUSED_PREFETCHES"] must be True or False.', "Write True or False.")
+    allowlist = guard.get("ALLOWLIST", [])
+    example = '[{"relation": "news.Article.author", "location": "news/views.py:*"}]'
+    if not isinstance(allowlist, (list, tuple)):
+        error('["ALLOWLIST"] must be a list of dicts.', f"Write for example {example}.")
+        return errors
+    for index, entry in enumerate(allowlist):
+        bad_keys = [k for k in entry if k not in _ALLOWLIST_KEYS] if isinstance(entry, dict) else []
+        if (
+            not isinstance(entry, dict)
+            or not entry
+            or bad_keys
+            or not all(isinstance(v, str) for v in entry.values())
+        ):
+            error(
+                f'["ALLOWLIST"][{index}] is {entry!r}: an entry is a non-empty dict of '
+                + ", ".join(f'"{k}"' for k in _ALLOWLIST_KEYS)
+                + " to shell-style patterns (strings).",
+                f"Write for example {example}.",
+            )
+    return errors

@@ -56,7 +56,84 @@ DEFAULTS: Final[dict[str, Any]] = {
     "RATELIMIT_IPV6_MASK": 64,
     # Queryset .cache(): a dict of its own, see CACHE_DEFAULTS
     "CACHE": {},
+    # Query guard (budgets, N+1 detection): a dict of its own, see QUERY_GUARD_DEFAULTS
+    "QUERY_GUARD": {},
 }
+
+QueryGuardMode = Literal["log", "warn", "raise", "off"]
+QUERY_GUARD_MODES: Final[tuple[str, ...]] = ("log", "warn", "raise", "off")
+
+#: Every ``PERFKIT["QUERY_GUARD"]`` key with its default.
+QUERY_GUARD_DEFAULTS: Final[dict[str, Any]] = {
+    # What PerfkitMiddleware does with a request's findings and budget overruns:
+    # "log", "warn" (log + X-Perfkit-Queries header), "raise" or "off" (no N+1
+    # detection at all). None: "raise" when DEBUG is on or under tests, else "log".
+    "MODE": None,
+    # How many repeats of one lazy load or query shape, from one place, make an N+1.
+    "NPLUSONE_THRESHOLD": 2,
+    # A budget for every request (None: none); @query_budget sets one per view.
+    "MAX_QUERIES": None,
+    "MAX_DUPLICATES": None,
+    # Report prefetch_related() lookups nothing read.
+    "UNUSED_PREFETCHES": True,
+    # Findings not to act on: [{"relation": "news.Article.author"},
+    # {"location": "news/legacy.py:*"}, {"fingerprint": "SELECT ... FROM \"news_tag\"*"}]
+    # (shell-style patterns; every key of an entry must match).
+    "ALLOWLIST": [],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class QueryGuardSettings:
+    """The resolved ``PERFKIT["QUERY_GUARD"]`` settings."""
+
+    #: As configured (``None``: decided per request by :meth:`effective_mode`).
+    mode: QueryGuardMode | None
+    nplusone_threshold: int
+    max_queries: int | None
+    max_duplicates: int | None
+    unused_prefetches: bool
+    allowlist: tuple[dict[str, str], ...]
+
+    def effective_mode(self) -> QueryGuardMode:
+        """The mode now: the configured one, or raise under DEBUG and tests, else log."""
+        if self.mode is not None:
+            return self.mode
+        from django.conf import settings
+        from django.core import mail
+
+        # setup_test_environment() (Django's runner, pytest-django) gives the
+        # mail module an outbox: the one documented sign of running under tests.
+        return "raise" if settings.DEBUG or hasattr(mail, "outbox") else "log"
+
+
+def _query_guard_settings(raw: Any) -> QueryGuardSettings:
+    if not isinstance(raw, dict):
+        raw = {}
+    mode = raw.get("MODE")
+    threshold = raw.get("NPLUSONE_THRESHOLD", 2)
+    allowlist = raw.get("ALLOWLIST", [])
+
+    def budget(name: str) -> int | None:
+        value = raw.get(name)
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return value if ok else None
+
+    return QueryGuardSettings(
+        mode=mode if mode in QUERY_GUARD_MODES else None,
+        nplusone_threshold=threshold
+        if isinstance(threshold, int) and not isinstance(threshold, bool) and threshold >= 2
+        else 2,
+        max_queries=budget("MAX_QUERIES"),
+        max_duplicates=budget("MAX_DUPLICATES"),
+        unused_prefetches=raw.get("UNUSED_PREFETCHES", True) is not False,
+        allowlist=tuple(
+            {str(k): str(v) for k, v in entry.items()}
+            for entry in (allowlist if isinstance(allowlist, (list, tuple)) else ())
+            if isinstance(entry, dict)
+        ),
+    )
+
 
 #: Every ``PERFKIT["CACHE"]`` key with its default (the queryset ``.cache()``).
 CACHE_DEFAULTS: Final[dict[str, Any]] = {
@@ -158,6 +235,7 @@ class PerfkitSettings:
     ratelimit_ipv4_mask: int
     ratelimit_ipv6_mask: int
     cache: CacheSettings
+    query_guard: QueryGuardSettings
     #: True when the project set ``REDIS_CACHE_ALIAS`` itself (the checks are
     #: stricter about an explicit alias than about the default one).
     redis_alias_explicit: bool
@@ -206,6 +284,9 @@ def get_settings() -> PerfkitSettings:
     for name, default in DEFAULTS.items():
         if name == "CACHE":
             values["cache"] = _cache_settings(raw.get(name))
+            continue
+        if name == "QUERY_GUARD":
+            values["query_guard"] = _query_guard_settings(raw.get(name))
             continue
         values[name.lower()] = _coerce(name, raw.get(name, default), default)
     values["redis_alias_explicit"] = "REDIS_CACHE_ALIAS" in raw

@@ -17,12 +17,16 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
-from django_perfkit.conf import get_settings
+from django_perfkit.conf import PerfkitSettings, get_settings
+from django_perfkit.queries import budget
+from django_perfkit.queries.capture import QueryReport
+from django_perfkit.queries.guard import Guard
 from django_perfkit.ratelimit.decorators import Ratelimited
 from django_perfkit.ratelimit.responses import ratelimited_response
 from django_perfkit.ratelimit.rules import aenforce, enforce
 from django_perfkit.record import RequestRecord, _current
 from django_perfkit.reporters import REPORTERS
+from django_perfkit.reporters.server_timing import allowed
 from django_perfkit.users import aload_user
 
 logger = logging.getLogger("django_perfkit")
@@ -55,16 +59,21 @@ class PerfkitMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        if not get_settings().enabled:
+        settings = get_settings()
+        if not settings.enabled:
             return self.get_response(request)
         record = RequestRecord(method=request.method or "", path=request.path)
+        guard_mode = _open_guard(record, settings)
         token = _current.set(record)
         try:
             response = self.get_response(request)
         finally:
             _current.reset(token)
+            _close_guard(record)
         self._finish(record, request, response)
         self._report_to_outer(token, record)
+        if guard_mode is not None:
+            _enforce_guard(record, request, response, guard_mode, settings)
         return response
 
     async def __acall__(self, request: HttpRequest) -> Any:
@@ -73,17 +82,21 @@ class PerfkitMiddleware:
         if not settings.enabled:
             return await get_response(request)
         record = RequestRecord(method=request.method or "", path=request.path)
+        guard_mode = _open_guard(record, settings)
         token = _current.set(record)
         try:
             response = await get_response(request)
         finally:
             _current.reset(token)
-        if settings.server_timing in _NEEDS_USER:
+            _close_guard(record)
+        if settings.server_timing in _NEEDS_USER or guard_mode == "warn":
             # request.user is lazy and loading it queries the database, which
             # must not happen on the event loop.
             await aload_user(request)
         self._finish(record, request, response)
         self._report_to_outer(token, record)
+        if guard_mode is not None:
+            _enforce_guard(record, request, response, guard_mode, settings)
         return response
 
     def process_view(
@@ -127,6 +140,85 @@ class PerfkitMiddleware:
                 logger.exception("perfkit: reporter %r failed", reporter)
         if record.after_response:
             record.run_after_response()
+
+
+def _open_guard(record: RequestRecord, settings: PerfkitSettings) -> str | None:
+    """Start the query guard on the request's record, unless its mode is off."""
+    if not settings.collect_queries:
+        return None
+    guard_settings = settings.query_guard
+    mode = guard_settings.effective_mode()
+    if mode == "off":
+        return None
+    # Installed for good: a process that guards every request would otherwise
+    # wrap and unwrap QuerySet around each one.
+    record.guard = Guard(guard_settings.nplusone_threshold).open(keep_installed=True)
+    return mode
+
+
+def _close_guard(record: RequestRecord) -> None:
+    guard = record.guard
+    if guard is not None:
+        record.guard = None
+        try:
+            guard.close(record)
+        except Exception:
+            logger.exception("perfkit: the query guard failed")
+
+
+def _enforce_guard(
+    record: RequestRecord,
+    request: HttpRequest,
+    response: Any,
+    mode: str,
+    settings: PerfkitSettings,
+) -> None:
+    """Log, warn (header) or raise for the request's findings and budget overruns."""
+    report = QueryReport(record)
+    guard_settings = settings.query_guard
+    where = f"{record.method} {record.route or record.path}"
+    # raise: the exception is the point (a 500 with the report under DEBUG,
+    # a failing test); any other error of perfkit's is logged, not raised.
+    if mode == "raise":
+        budget.enforce(
+            report,
+            where=where,
+            max_queries=guard_settings.max_queries,
+            max_duplicates=guard_settings.max_duplicates,
+            mode=mode,
+            nplusone=mode,
+        )
+        return
+    try:
+        budget.enforce(
+            report,
+            where=where,
+            max_queries=guard_settings.max_queries,
+            max_duplicates=guard_settings.max_duplicates,
+            mode=mode,
+            nplusone=mode,
+        )
+        if mode == "warn" and _may_see_details(request):
+            response[QUERIES_HEADER] = _header_value(budget.summary(report))
+    except Exception:
+        logger.exception("perfkit: the query guard failed")
+
+
+#: The ``warn`` mode's response header.
+QUERIES_HEADER = "X-Perfkit-Queries"
+
+
+def _may_see_details(request: HttpRequest) -> bool:
+    # File names and relations are for the people who run the site.
+    from django.conf import settings as django_settings
+
+    return bool(django_settings.DEBUG) or allowed(request, "staff_or_internal")
+
+
+def _header_value(text: str) -> str:
+    text = " ".join(text.split())  # no newlines in a header
+    text = text.encode("ascii", "replace").decode("ascii")
+    return text if len(text) <= 2000 else text[:1997] + "..."
 
 
 def _ratelimited_view(request: HttpRequest, exception: Any) -> Any:

@@ -25,7 +25,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
+
+if TYPE_CHECKING:
+    from django_perfkit.queries.guard import Guard, NPlusOne, UnusedPrefetch
 
 __all__ = [
     "CacheStats",
@@ -171,6 +174,12 @@ class RequestRecord:
     errors: list[str] = field(default_factory=list)
     #: Work to start once the response is built (deferred recomputes); None until some is.
     after_response: list[Callable[[], None]] | None = None
+    #: The query guard's state while it watches this record (N+1 detection), else None.
+    guard: Guard | None = None
+    #: N+1 findings (of this record's own scope and of the ones absorbed into it).
+    nplusone: list[NPlusOne] = field(default_factory=list)
+    #: ``prefetch_related()`` lookups that nothing read.
+    unused_prefetches: list[UnusedPrefetch] = field(default_factory=list)
 
     @property
     def duration(self) -> float:
@@ -208,6 +217,8 @@ class RequestRecord:
             mine.count += section.count
             mine.time += section.time
         self.ratelimits.extend(inner.ratelimits)
+        self.nplusone.extend(inner.nplusone)
+        self.unused_prefetches.extend(inner.unused_prefetches)
         self.redis_failures += inner.redis_failures
         self.errors.extend(inner.errors)
         if inner.after_response:

@@ -87,6 +87,11 @@ else:
     PERFKIT = {"REDIS_CACHE_ALIAS": None, "KEY_PREFIX": "perfkit-demo"}
     _cache_desc = "locmem (Redis not reachable)"
 
+# The naive pages are there to be looked at: "warn" serves them with an
+# X-Perfkit-Queries header and a warning in the console, where DEBUG's default
+# ("raise") would answer them with the N+1 report as an error page.
+PERFKIT["QUERY_GUARD"] = {"MODE": "warn"}
+
 # Database-backed sessions (Django's default) so logins survive a Redis outage.
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 

@@ -70,3 +70,6 @@ PERFKIT = {
     "REDIS_CACHE_ALIAS": "default",
     "KEY_PREFIX": KEY_PREFIX,
 }
+
+# Models with every kind of relation, for the N+1 detection tests.
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.guardapp"]  # noqa: F405

@@ -250,3 +250,43 @@ def test_cache_messages_name_the_fix() -> None:
     with override_settings(PERFKIT={"CACHE": {"MODELS": {"news.ArticleStats": 60}}}):
         (msg,) = check_settings()
     assert "CachedManager" in (msg.hint or "")
+
+
+@pytest.mark.parametrize(
+    ("guard", "expected"),
+    [
+        ("raise", ["perfkit.E018"]),
+        ({"MODE": "loud"}, ["perfkit.E018"]),
+        ({"NPLUSONE_THRESHOLD": 1}, ["perfkit.E018"]),
+        ({"NPLUSONE_THRESHOLD": "2"}, ["perfkit.E018"]),
+        ({"MAX_QUERIES": -1}, ["perfkit.E018"]),
+        ({"MAX_DUPLICATES": 1.5}, ["perfkit.E018"]),
+        ({"UNUSED_PREFETCHES": "no"}, ["perfkit.E018"]),
+        ({"ALLOWLIST": {"relation": "news.Article.author"}}, ["perfkit.E018"]),
+        ({"ALLOWLIST": [{"relation": 1}]}, ["perfkit.E018"]),
+        ({"ALLOWLIST": [{}]}, ["perfkit.E018"]),
+        ({"ALLOWLIST": [{"file": "news/*"}]}, ["perfkit.E018"]),
+        ({"MAX_QUERY": 10}, ["perfkit.W007"]),
+    ],
+)
+def test_query_guard_settings_checks(guard: Any, expected: list[str]) -> None:
+    assert ids({"QUERY_GUARD": guard}) == expected
+
+
+def test_good_query_guard_settings_pass() -> None:
+    guard = {
+        "MODE": "warn",
+        "NPLUSONE_THRESHOLD": 3,
+        "MAX_QUERIES": 50,
+        "MAX_DUPLICATES": None,
+        "UNUSED_PREFETCHES": False,
+        "ALLOWLIST": [{"relation": "news.Article.author", "location": "news/views.py:*"}],
+    }
+    assert ids({"QUERY_GUARD": guard}) == []
+    assert ids({"QUERY_GUARD": {"MODE": None}}) == []
+
+
+def test_query_guard_error_names_the_fix() -> None:
+    with override_settings(PERFKIT={"QUERY_GUARD": {"MODE": "loud"}}):
+        (message,) = check_settings()
+    assert '"log", "warn", "raise", "off"' in (message.hint or "")

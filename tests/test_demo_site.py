@@ -25,6 +25,7 @@ from django.utils import timezone
 from model_bakery import baker
 
 from django_perfkit.cache import flush_deferred
+from django_perfkit.queries import NPlusOneDetected, capture
 from testproject.envconfig import DatabaseURLError, parse_database_url, port_open, redact_url
 from testproject.news.models import Article, ArticleStats, Author, Category, Comment, Tag
 from testproject.news.views import PAGE_SIZE, SEARCH_LIMIT
@@ -75,6 +76,16 @@ def count_queries(client: Client, url: str) -> tuple[int, Any]:
 # --- every route answers ----------------------------------------------------------------
 
 
+@pytest.fixture
+def naive_served(settings: Any) -> None:
+    """The query guard logs instead of raising (its default under tests), so that
+    the deliberately naive views answer: for tests that compare their output."""
+    settings.PERFKIT = {**settings.PERFKIT, "QUERY_GUARD": {"MODE": "log"}}
+
+
+NAIVE = pytest.mark.nplusone_expected
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     ("name", "query"),
@@ -82,9 +93,9 @@ def count_queries(client: Client, url: str) -> tuple[int, Any]:
         ("news:home", ""),
         ("news:article_list", ""),
         ("news:article_list", "?page=2"),
-        ("news:article_list_naive", ""),
+        pytest.param("news:article_list_naive", "", marks=NAIVE),
         ("news:api_articles", ""),
-        ("news:api_articles_naive", ""),
+        pytest.param("news:api_articles_naive", "", marks=NAIVE),
         ("news:api_articles_async", ""),
         ("news:search", ""),
         ("news:search", "?q=a"),
@@ -93,7 +104,7 @@ def count_queries(client: Client, url: str) -> tuple[int, Any]:
     ],
 )
 def test_routes_answer_200(
-    client: Client, make_articles: MakeArticles, name: str, query: str
+    client: Client, make_articles: MakeArticles, naive_served: None, name: str, query: str
 ) -> None:
     make_articles(3)
     response = client.get(reverse(name) + query)
@@ -203,8 +214,9 @@ def test_a_new_comment_updates_the_list_count_without_invalidating_the_cached_pa
 
 
 @pytest.mark.django_db
+@NAIVE
 def test_naive_list_query_count_grows_with_rows(
-    client: Client, make_articles: MakeArticles
+    client: Client, make_articles: MakeArticles, naive_served: None
 ) -> None:
     make_articles(5)
     naive_small, _ = count_queries(client, "/articles/naive/")
@@ -222,8 +234,9 @@ def test_naive_list_query_count_grows_with_rows(
 
 
 @pytest.mark.django_db
+@NAIVE
 def test_naive_and_optimised_lists_show_the_same_rows(
-    client: Client, make_articles: MakeArticles
+    client: Client, make_articles: MakeArticles, naive_served: None
 ) -> None:
     make_articles(PAGE_SIZE + 3)
     baker.make(Article, is_published=False, published_at=timezone.now())  # never listed
@@ -233,6 +246,71 @@ def test_naive_and_optimised_lists_show_the_same_rows(
         assert [a.pk for a in optimised] == [a.pk for a in naive]
         assert all(a.comment_count == 2 for a in optimised)
     assert len(client.get("/articles/?page=2").context["articles"]) == 3
+
+
+# --- the query guard on the demo site -----------------------------------------------------
+
+
+@pytest.mark.django_db
+@NAIVE
+def test_the_guard_catches_the_naive_list_and_names_each_fix(
+    client: Client, make_articles: MakeArticles
+) -> None:
+    make_articles(3)
+    # The default mode under tests is "raise": the test client re-raises it.
+    with pytest.raises(NPlusOneDetected) as caught:
+        client.get("/articles/naive/")
+    text = str(caught.value)
+    for relation, fix in [
+        ("news.Article.author", 'select_related("author")'),
+        ("news.Article.category", 'select_related("category")'),
+        ("news.Article.tags", 'prefetch_related("tags")'),
+        ("news.Article.comments", 'annotate(comments_count=Count("comments"))'),
+    ]:
+        assert f"N+1: {relation} x3" in text, relation
+        assert fix in text
+    assert "queryset built at testproject/news/views.py:" in text
+
+
+@pytest.mark.django_db
+@NAIVE
+def test_the_guard_catches_the_naive_api(client: Client, make_articles: MakeArticles) -> None:
+    make_articles(3)
+    with pytest.raises(NPlusOneDetected) as caught:
+        client.get("/api/articles/naive/")
+    assert "N+1: news.Article.author x3" in str(caught.value)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", ["/", "/articles/", "/api/articles/", "/search/?q=a"])
+def test_the_optimised_pages_have_no_nplusone(
+    client: Client, make_articles: MakeArticles, url: str
+) -> None:
+    make_articles(PAGE_SIZE + 2)
+    with capture() as report:
+        assert client.get(url).status_code == 200
+    assert report.nplusone == [], report
+    assert report.unused_prefetches == [], report
+
+
+@pytest.mark.django_db
+@NAIVE
+def test_warn_mode_serves_the_page_with_a_summary_header(
+    client: Client, make_articles: MakeArticles, settings: Any, caplog: Any
+) -> None:
+    settings.DEBUG = True  # the header names code: DEBUG, staff or INTERNAL_IPS only
+    settings.PERFKIT = {**settings.PERFKIT, "QUERY_GUARD": {"MODE": "warn"}}
+    make_articles(3)
+    response = client.get("/articles/naive/")
+    assert response.status_code == 200
+    header = response["X-Perfkit-Queries"]
+    assert header.startswith("14 queries, 0 duplicates; N+1: ")
+    assert "news.Article.author x3 at testproject/news/views.py:" in header
+    assert "N+1: news.Article.author x3" in caplog.text
+    quiet = client.get("/articles/")["X-Perfkit-Queries"]
+    assert "queries, 0 duplicates" in quiet and "N+1" not in quiet
+    settings.DEBUG = False  # an anonymous client outside INTERNAL_IPS sees no code
+    assert "X-Perfkit-Queries" not in client.get("/articles/naive/")
 
 
 # --- article detail and comments --------------------------------------------------------
@@ -380,8 +458,9 @@ def test_api_category_filter_and_bad_pages(client: Client, make_articles: MakeAr
 
 
 @pytest.mark.django_db
+@NAIVE
 def test_api_naive_returns_same_json_with_more_queries(
-    client: Client, make_articles: MakeArticles
+    client: Client, make_articles: MakeArticles, naive_served: None
 ) -> None:
     make_articles(PAGE_SIZE + 2)
     for query in ("", "?page=2"):
@@ -652,7 +731,11 @@ def test_settings_from_env_urls_and_single_banner() -> None:
     assert data["cache"]["BACKEND"] == "django_redis.cache.RedisCache"
     assert data["cache"]["KEY_PREFIX"] == "perfkit-demo"
     assert data["cache"]["OPTIONS"]["IGNORE_EXCEPTIONS"] is True
-    assert data["perfkit"] == {"REDIS_CACHE_ALIAS": "default", "KEY_PREFIX": "perfkit-demo"}
+    assert data["perfkit"] == {
+        "REDIS_CACHE_ALIAS": "default",
+        "KEY_PREFIX": "perfkit-demo",
+        "QUERY_GUARD": {"MODE": "warn"},
+    }
     assert data["mw"][0] == "django_perfkit.middleware.PerfkitMiddleware"
     assert data["apps"][-2:] == ["django_perfkit", "testproject.news"]
     assert data["sessions"] == "django.contrib.sessions.backends.db"
@@ -675,7 +758,11 @@ def test_settings_fall_back_to_sqlite_and_locmem_when_nothing_answers() -> None:
     name, backend, perfkit = json.loads(result.stdout)
     assert name == str(REPO_ROOT / "testproject" / "db.sqlite3")
     assert backend == "django.core.cache.backends.locmem.LocMemCache"
-    assert perfkit == {"REDIS_CACHE_ALIAS": None, "KEY_PREFIX": "perfkit-demo"}
+    assert perfkit == {
+        "REDIS_CACHE_ALIAS": None,
+        "KEY_PREFIX": "perfkit-demo",
+        "QUERY_GUARD": {"MODE": "warn"},
+    }
 
 
 def test_manage_py_runs_from_repo_root() -> None:

@@ -182,3 +182,138 @@ def test_budgets_options_are_checked(tmp_path: Path) -> None:
     assert "--perfkit-record needs --perfkit-budgets" in text
     text = _run_inner(tmp_path, f"--perfkit-budgets={tmp_path / 'missing.json'}")
     assert "write it first with --perfkit-record" in text
+
+
+def test_budgets_under_xdist_are_recorded_and_checked_by_the_controller(tmp_path: Path) -> None:
+    (tmp_path / "test_budgeted.py").write_text(BUDGETED)
+    plan = tmp_path / "plan.json"
+    budgets = tmp_path / "budgets.json"
+    plan.write_text('{"grows": 2, "grows_new": 0, "shrinks": 3}')
+    text = _run_inner(tmp_path, "-n", "2", f"--perfkit-budgets={budgets}", "--perfkit-record")
+    assert "4 passed" in text and "query budgets written" in text, text
+    recorded = json.loads(budgets.read_text())
+    # Every worker's tests, in one file written once by the controller.
+    assert len(recorded) == 4
+    assert recorded["test_budgeted.py::test_grows"]["queries"] == 2
+    assert recorded["test_budgeted.py::test_shrinks"]["queries"] == 3
+
+    plan.write_text('{"grows": 3, "grows_new": 0, "shrinks": 1}')
+    text = _run_inner(tmp_path, "-n", "2", f"--perfkit-budgets={budgets}")
+    assert "1 failed, 3 passed" in text, text
+    assert "query count rose: 3 > 2" in text
+    assert "test_budgeted.py::test_shrinks: 3 -> 1" in text  # reported by the controller
+    assert json.loads(budgets.read_text()) == recorded
+
+
+NPLUSONE = """
+import pytest
+
+from helpers import publisher_names, seed
+
+
+@pytest.mark.django_db
+def test_naive():
+    seed()
+    assert len(publisher_names()) == 3
+
+
+@pytest.mark.django_db
+def test_optimised():
+    seed()
+    assert len(publisher_names(optimised=True)) == 3
+
+
+@pytest.mark.django_db
+@pytest.mark.nplusone_expected
+def test_expected_and_found():
+    seed()
+    publisher_names()
+
+
+@pytest.mark.django_db
+@pytest.mark.nplusone_expected
+def test_expected_but_fixed():
+    seed()
+    publisher_names(optimised=True)
+
+
+@pytest.mark.django_db
+def test_own_loop_is_not_guarded():
+    from tests.guardapp.models import Writer
+
+    seed()
+    assert [w.publisher.name for w in Writer.objects.all()]
+"""
+
+HELPERS = """
+from tests.guardapp.models import Publisher, Writer
+
+
+def seed():
+    for i in range(3):
+        Writer.objects.create(name=str(i), publisher=Publisher.objects.create(name=str(i)))
+
+
+def publisher_names(optimised=False):
+    writers = Writer.objects.all()
+    if optimised:
+        writers = writers.select_related("publisher")
+    return [writer.publisher.name for writer in writers]
+"""
+
+ALLOWLIST_CONFTEST = """
+def pytest_configure(config):
+    from django.conf import settings
+
+    from django_perfkit import conf
+
+    settings.PERFKIT = {
+        **settings.PERFKIT,
+        "QUERY_GUARD": {
+            "ALLOWLIST": [
+                {"relation": "guardapp.Nothing.*"},
+                {"relation": "guardapp.Writer.publisher", "location": "helpers.py:*"},
+            ],
+        },
+    }
+    conf.reset()
+"""
+
+
+def _nplusone_project(tmp_path: Path) -> None:
+    (tmp_path / "test_nplusone_inner.py").write_text(NPLUSONE)
+    (tmp_path / "helpers.py").write_text(HELPERS)
+
+
+def test_nplusone_fail_fails_the_tests_with_an_n_plus_one(tmp_path: Path) -> None:
+    _nplusone_project(tmp_path)
+    text = _run_inner(tmp_path, "--perfkit-nplusone=fail")
+    assert "2 failed, 3 passed" in text, text
+    assert "FAILED test_nplusone_inner.py::test_naive - " in text
+    assert "perfkit found 1 N+1 queries:" in text
+    assert "N+1: guardapp.Writer.publisher x3" in text
+    assert "at helpers.py:14 in " in text  # the loop's line, in the project's code
+    assert "queryset built at helpers.py:11 in publisher_names" in text
+    assert 'fix: select_related("publisher") on the guardapp.Writer queryset' in text
+    assert "marked nplusone_expected, but perfkit found no N+1 here" in text
+    assert "FAILED test_nplusone_inner.py::test_expected_but_fixed" in text
+    # Without the option the same tests pass: nothing is wrapped.
+    assert "5 passed" in _run_inner(tmp_path)
+
+
+def test_nplusone_warn_warns_instead(tmp_path: Path) -> None:
+    _nplusone_project(tmp_path)
+    text = _run_inner(tmp_path, "--perfkit-nplusone=warn")
+    assert "5 passed" in text, text
+    assert "perfkit found N+1 queries" in text  # in the warnings summary
+
+
+def test_allowlist_entries_that_matched_nothing_are_listed(tmp_path: Path) -> None:
+    _nplusone_project(tmp_path)
+    (tmp_path / "conftest.py").write_text(ALLOWLIST_CONFTEST)
+    text = _run_inner(tmp_path, "--perfkit-nplusone=fail", "-k", "not fixed")
+    # test_naive's N+1 is allowlisted: it passes.
+    assert "4 passed" in text, text
+    assert "1 QUERY_GUARD['ALLOWLIST'] entries matched no finding" in text
+    assert "{'relation': 'guardapp.Nothing.*'}" in text
+    assert "'guardapp.Writer.publisher'" not in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
@@ -116,7 +118,10 @@ def test_what_a_capture_records_joins_the_request_and_waits_for_its_response() -
     assert ran == ["after"]
 
 
-def test_capture_counts_the_queries_of_requests_made_inside_it(client: Client) -> None:
+def test_capture_counts_the_queries_of_requests_made_inside_it(
+    client: Client, settings: Any
+) -> None:
+    settings.PERFKIT = {**settings.PERFKIT, "QUERY_GUARD": {"MODE": "log"}}
     _articles(3)
     with capture() as report:
         response = client.get("/articles/naive/")

@@ -32,7 +32,14 @@ from django_perfkit.record import QueryRecord, _current, _short_path
 
 _new_tuple = tuple.__new__
 
-__all__ = ["QueryCollector", "call_site", "find_site", "install", "install_on_all_connections"]
+__all__ = [
+    "QueryCollector",
+    "call_site",
+    "find_site",
+    "install",
+    "install_on_all_connections",
+    "is_library_file",
+]
 
 _library_file: dict[str, bool] = {}
 _library_prefixes: tuple[str, ...] | None = None
@@ -51,12 +58,17 @@ def _prefixes() -> tuple[str, ...]:
             os.path.dirname(asgiref.__file__),
             os.path.dirname(django_perfkit.__file__),
             sysconfig.get_paths()["stdlib"],
+            # Installed packages (model_bakery, DRF, ...): the line to change is
+            # the project's call into them.
+            sysconfig.get_paths()["purelib"],
+            sysconfig.get_paths()["platlib"],
         }
         _library_prefixes = tuple(d.rstrip(os.sep) + os.sep for d in dirs)
     return _library_prefixes
 
 
-def _is_library(filename: str) -> bool:
+def is_library_file(filename: str) -> bool:
+    """Whether ``filename`` is Django, asgiref, perfkit or the standard library."""
     known = _library_file.get(filename)
     if known is None:
         known = filename.startswith(_prefixes()) or filename.startswith("<frozen")
@@ -72,7 +84,7 @@ def find_site(skip: int = 1) -> tuple[str, int, str] | None:
         filename = code.co_filename
         is_library = _library_file.get(filename)
         if is_library is None:
-            is_library = _is_library(filename)
+            is_library = is_library_file(filename)
         if not is_library:
             return (filename, frame.f_lineno, code.co_name)
         frame = frame.f_back
@@ -148,6 +160,12 @@ class QueryCollector:
                 )
             else:
                 stats.dropped += 1
+            guard = record.guard
+            if guard is not None:
+                try:
+                    guard.observe(sql, params, duration)
+                except Exception as exc:  # a detector bug must not fail the query
+                    record.errors.append(f"query guard: {exc!r}")
 
 
 collector = QueryCollector()

@@ -12,6 +12,7 @@ see them.
 
 from __future__ import annotations
 
+import textwrap
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_perfkit.conf import get_settings
 from django_perfkit.queries.fingerprint import fingerprint
+from django_perfkit.queries.guard import Guard, NPlusOne, UnusedPrefetch
 from django_perfkit.record import QueryRecord, RequestRecord, _current
 
 __all__ = ["QueryReport", "capture"]
@@ -51,6 +53,16 @@ class QueryReport:
         return self._record.db.queries
 
     @property
+    def nplusone(self) -> list[NPlusOne]:
+        """N+1 findings: each names the relation or query shape, where, and the fix."""
+        return self._record.nplusone
+
+    @property
+    def unused_prefetches(self) -> list[UnusedPrefetch]:
+        """``prefetch_related()`` lookups whose results were never read."""
+        return self._record.unused_prefetches
+
+    @property
     def dropped(self) -> int:
         """Queries counted but not kept in detail (beyond ``MAX_QUERIES_RECORDED``)."""
         return self._record.db.dropped
@@ -71,16 +83,25 @@ class QueryReport:
             lines.append(f"  {times} x {shape}" + (f"\n      at {where}" if where else ""))
         if self.dropped:
             lines.append(f"  (and {self.dropped} more not kept in detail)")
+        for finding in self.nplusone:
+            lines.append(textwrap.indent(str(finding), "  "))
+        for unused in self.unused_prefetches:
+            lines.append(f"  {unused}")
         return "\n".join(lines)
 
 
 @contextmanager
-def capture() -> Iterator[QueryReport]:
-    """Collect the queries of a block::
+def capture(*, nplusone: bool = True, threshold: int | None = None) -> Iterator[QueryReport]:
+    """Collect the queries of a block, and find its N+1s::
 
         with capture() as report:
             client.get("/articles/")
         assert report.count <= 4, report
+        assert not report.nplusone, report
+
+    ``nplusone=False`` only counts (no stack walk per query, no QuerySet
+    wrapping). ``threshold`` overrides ``QUERY_GUARD["NPLUSONE_THRESHOLD"]``:
+    how many repeats make a finding (at least 2).
 
     Needs the query collector (``PERFKIT["COLLECT_QUERIES"]``, on by default)
     and ``django_perfkit`` in ``INSTALLED_APPS`` (which installs it).
@@ -93,12 +114,18 @@ def capture() -> Iterator[QueryReport]:
         )
     outer = _current.get()
     record = RequestRecord()
+    if nplusone:
+        limit = settings.query_guard.nplusone_threshold if threshold is None else threshold
+        record.guard = Guard(limit).open()
     token = _current.set(record)
     try:
         yield QueryReport(record)
     finally:
         _current.reset(token)
         record.finish()
+        if record.guard is not None:
+            record.guard.close(record)
+            record.guard = None
         if outer is not None:
             outer.absorb(record, settings.max_queries_recorded)
         else:

@@ -12,8 +12,14 @@ django-perfkit is installed; it does nothing to a test that does not ask:
   query count and query shapes to ``FILE``; ``--perfkit-budgets=FILE`` then
   fails every test whose count rose, with the shapes that were added, and
   lists the tests that improved.
+* ``--perfkit-nplusone=fail`` fails every test in which an N+1 was found
+  (``warn``: a pytest warning instead); a test marked
+  ``@pytest.mark.nplusone_expected`` must have one (a deliberately naive view
+  that the guard has to catch). ``QUERY_GUARD["ALLOWLIST"]`` entries that
+  matched nothing in the run are listed at the end.
 
-N+1 findings and ``pytest-xdist`` are not here yet.
+Works with ``pytest-xdist``: workers send what they recorded and what
+improved to the controller, which writes the file and prints the summary.
 """
 
 from __future__ import annotations
@@ -42,6 +48,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="write the query counts of the tests that pass to --perfkit-budgets instead",
     )
+    group.addoption(
+        "--perfkit-nplusone",
+        choices=("fail", "warn", "off"),
+        default="off",
+        help="fail (or warn about) tests in which perfkit finds an N+1 (default: off)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -50,11 +62,17 @@ def pytest_configure(config: pytest.Config) -> None:
         "query_budget(max_queries): fail the test if it runs more than max_queries "
         "database queries (django-perfkit)",
     )
+    config.addinivalue_line(
+        "markers",
+        "nplusone_expected: the test exercises a deliberate N+1; with --perfkit-nplusone "
+        "it must have one, and it does not fail for it (django-perfkit)",
+    )
     path = config.getoption("perfkit_budgets", None)
     if config.getoption("perfkit_record", False) and not path:
         raise pytest.UsageError("--perfkit-record needs --perfkit-budgets=FILE to write to")
     if path:
         config.stash[_BUDGETS] = Budgets(Path(path), config.getoption("perfkit_record"))
+    config.stash[_NPLUSONE] = config.getoption("perfkit_nplusone", "off") or "off"
 
 
 # Transaction control: how many of these run depends on how the test database
@@ -126,15 +144,84 @@ class Budgets:
 
 
 _BUDGETS = pytest.StashKey[Budgets]()
+_NPLUSONE = pytest.StashKey[str]()
+_WORKER_UNMATCHED = pytest.StashKey[set[int]]()
+
+
+def _report_unmatched(terminalreporter: Any, config: pytest.Config) -> None:
+    try:
+        from django_perfkit.conf import get_settings
+
+        entries = get_settings().query_guard.allowlist
+    except Exception:  # Django not configured in this run
+        return
+    if not entries:
+        return
+    from_workers = config.stash.get(_WORKER_UNMATCHED, None)
+    indexes = sorted(from_workers) if from_workers is not None else _unmatched_indexes()
+    if indexes:
+        terminalreporter.write_line(
+            f"perfkit: {len(indexes)} QUERY_GUARD['ALLOWLIST'] entries matched no finding "
+            "in this run (remove them if their N+1 is fixed):"
+        )
+        for index in indexes:
+            terminalreporter.write_line(f"  {entries[index]}")
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    budgets = session.config.stash.get(_BUDGETS, None)
+    config = session.config
+    budgets = config.stash.get(_BUDGETS, None)
+    if _is_xdist_worker(config):
+        # The controller writes the file and prints the summary: hand it ours.
+        output = config.workeroutput  # type: ignore[attr-defined]
+        if budgets is not None:
+            output["perfkit_budgets"] = json.dumps(
+                {
+                    "recorded": budgets.known if budgets.recording else {},
+                    "improved": budgets.improved,
+                }
+            )
+        if config.stash.get(_NPLUSONE, "off") != "off":
+            output["perfkit_unmatched"] = json.dumps(_unmatched_indexes())
+        return
     if budgets is not None and budgets.recording:
         budgets.write()
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist controller: merge a finished worker's budgets and allowlist use."""
+    config = node.config
+    output = getattr(node, "workeroutput", {})
+    budgets = config.stash.get(_BUDGETS, None)
+    if budgets is not None and "perfkit_budgets" in output:
+        sent = json.loads(output["perfkit_budgets"])
+        budgets.known.update(sent["recorded"])
+        budgets.improved.extend(tuple(item) for item in sent["improved"])
+    if "perfkit_unmatched" in output:
+        seen = config.stash.get(_WORKER_UNMATCHED, None)
+        mine = set(json.loads(output["perfkit_unmatched"]))
+        config.stash[_WORKER_UNMATCHED] = mine if seen is None else seen & mine
+
+
+def _unmatched_indexes() -> list[int]:
+    from django_perfkit.conf import get_settings
+    from django_perfkit.queries.budget import unmatched_allowlist_entries
+
+    unmatched = unmatched_allowlist_entries()
+    entries = get_settings().query_guard.allowlist
+    return [i for i, entry in enumerate(entries) if entry in unmatched]
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if _is_xdist_worker(config):
+        return
+    if config.stash.get(_NPLUSONE, "off") != "off":
+        _report_unmatched(terminalreporter, config)
     budgets = config.stash.get(_BUDGETS, None)
     if budgets is None:
         return
@@ -168,17 +255,49 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     budgets = item.config.stash.get(_BUDGETS, None)
     if budgets is not None and not budgets.recording and item.nodeid not in budgets.known:
         budgets = None  # no entry: not checked, and run exactly as without the plugin
-    if budget is None and budgets is None:
+    nplusone = item.config.stash.get(_NPLUSONE, "off")
+    if budget is None and budgets is None and nplusone == "off":
         return (yield)
     from django_perfkit.queries import capture
 
-    with capture() as report:
+    with capture(nplusone=nplusone != "off") as report:
         result = yield  # a failing test raises here, and fails as itself
     if budget is not None and report.count > budget:
         pytest.fail(f"query budget exceeded: {report.count} > {budget}\n{report}", pytrace=False)
     if budgets is not None:
         budgets.check(item.nodeid, report)
+    if nplusone != "off":
+        _check_nplusone(item, report, nplusone)
     return result
+
+
+def _check_nplusone(item: pytest.Item, report: Any, mode: str) -> None:
+    from django_perfkit.queries.budget import allowlist_matches
+    from django_perfkit.record import _short_path
+
+    # The test's own loops (over the rows it asserts on) are not what CI guards.
+    own = _short_path(str(item.path)) + ":"
+    findings = [
+        f
+        for f in report.nplusone
+        if not (f.location or "").startswith(own) and not allowlist_matches(f)
+    ]
+    if item.get_closest_marker("nplusone_expected") is not None:
+        if not report.nplusone and mode == "fail":
+            pytest.fail(
+                "marked nplusone_expected, but perfkit found no N+1 here: remove the mark "
+                f"if the code was fixed\n{report}",
+                pytrace=False,
+            )
+        return
+    if not findings:
+        return
+    text = "\n".join(str(f) for f in findings)
+    if mode == "fail":
+        pytest.fail(f"perfkit found {len(findings)} N+1 queries:\n{text}", pytrace=False)
+    import warnings
+
+    warnings.warn(f"perfkit found N+1 queries:\n{text}", stacklevel=1)
 
 
 @pytest.fixture
