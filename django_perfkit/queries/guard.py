@@ -32,7 +32,7 @@ replace it. Under ``FETCH_PEERS`` a would-be N+1 runs one query and is
 correctly not reported.
 
 What the stack cannot tell is where an instance came from. For that,
-``QuerySet.__init__`` and ``QuerySet._fetch_all`` are wrapped while at least
+``QuerySet._clone`` and ``QuerySet._fetch_all`` are wrapped while at least
 one guard is open anywhere in the process (a reference count; unwrapped when
 the last one closes, so a process with the guard off runs Django untouched):
 each queryset notes the line of project code that built it, and each
@@ -52,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from django_perfkit.collectors.db import find_site, is_library_file
+from django_perfkit.collectors.db import _library_file, find_site, is_library_file
 from django_perfkit.queries.fingerprint import fingerprint
 from django_perfkit.record import _current, _short_path
 
@@ -389,6 +389,7 @@ class Guard:
         lookups: tuple[str, ...] = ()
         location: tuple[str, int, str] | None = None
         signature: list[Any] = []
+        library = _library_file
         while frame is not None:
             code = frame.f_code
             if location is None:
@@ -425,8 +426,13 @@ class Guard:
                     else:
                         op = kind
                         queryset = None if kind == _REFRESH else f_locals.get("self")
-                elif not is_library_file(code.co_filename):
-                    location = (code.co_filename, frame.f_lineno, code.co_name)
+                else:
+                    filename = code.co_filename
+                    is_library = library.get(filename)
+                    if is_library is None:
+                        is_library = is_library_file(filename)
+                    if not is_library:
+                        location = (filename, frame.f_lineno, code.co_name)
             if location is not None:
                 signature.append(code)
                 signature.append(frame.f_lineno)
@@ -722,18 +728,26 @@ def _install(keep: bool = False) -> None:
             return
         from django.db.models import QuerySet
 
-        init = _original.setdefault("__init__", QuerySet.__init__)
+        clone = _original.setdefault("_clone", QuerySet._clone)
         fetch_all = _original.setdefault("_fetch_all", QuerySet._fetch_all)
         prefetch = _original.setdefault(
             "_prefetch_related_objects",
             QuerySet._prefetch_related_objects,  # type: ignore[attr-defined]
         )
 
-        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-            init(self, *args, **kwargs)
+        def _clone(self: Any) -> Any:
+            copy = clone(self)
             if _guard() is not None:
-                # The raw frame facts; formatted only if a finding names it.
-                self.__dict__["_perfkit_site"] = find_site(2)
+                # Where the chain was built: found once, on its first clone
+                # (Article.objects.filter(...) clones the manager's queryset),
+                # then handed down; the raw frame facts, formatted only if a
+                # finding names them.
+                state = self.__dict__
+                site = state.get("_perfkit_site")
+                if site is None:
+                    site = state["_perfkit_site"] = find_site(2)
+                copy.__dict__["_perfkit_site"] = site
+            return copy
 
         def _fetch_all(self: Any) -> None:
             fresh = self._result_cache is None
@@ -741,6 +755,8 @@ def _install(keep: bool = False) -> None:
             if fresh:
                 guard = _guard()
                 if guard is not None and type(self._result_cache) is list:
+                    if "_perfkit_site" not in self.__dict__:  # never cloned: where it ran
+                        self.__dict__["_perfkit_site"] = find_site(2)
                     guard.track(self, self._result_cache)
 
         def _prefetch_related_objects(self: Any) -> None:
@@ -749,7 +765,7 @@ def _install(keep: bool = False) -> None:
             if guard is not None:
                 guard.track_prefetch(self)
 
-        QuerySet.__init__ = __init__  # type: ignore[method-assign]
+        QuerySet._clone = _clone  # type: ignore[method-assign]
         QuerySet._fetch_all = _fetch_all  # type: ignore[method-assign]
         QuerySet._prefetch_related_objects = _prefetch_related_objects  # type: ignore[attr-defined]
 
