@@ -728,7 +728,7 @@ def _install(keep: bool = False) -> None:
             return
         from django.db.models import QuerySet
 
-        clone = _original.setdefault("_clone", QuerySet._clone)
+        clone = _original.setdefault("_clone", QuerySet._clone)  # type: ignore[attr-defined]
         fetch_all = _original.setdefault("_fetch_all", QuerySet._fetch_all)
         prefetch = _original.setdefault(
             "_prefetch_related_objects",
@@ -738,15 +738,11 @@ def _install(keep: bool = False) -> None:
         def _clone(self: Any) -> Any:
             copy = clone(self)
             if _guard() is not None:
-                # Where the chain was built: found once, on its first clone
-                # (Article.objects.filter(...) clones the manager's queryset),
-                # then handed down; the raw frame facts, formatted only if a
-                # finding names them.
-                state = self.__dict__
-                site = state.get("_perfkit_site")
-                if site is None:
-                    site = state["_perfkit_site"] = find_site(2)
-                copy.__dict__["_perfkit_site"] = site
+                # Where the chain was built: the project line that made this
+                # clone (the view's .filter().select_related(), not a custom
+                # queryset method it calls). Raw frame facts, formatted only
+                # if a finding names them; a short walk (the ORM's frames).
+                copy.__dict__["_perfkit_site"] = find_site(2)
             return copy
 
         def _fetch_all(self: Any) -> None:
@@ -765,7 +761,7 @@ def _install(keep: bool = False) -> None:
             if guard is not None:
                 guard.track_prefetch(self)
 
-        QuerySet._clone = _clone  # type: ignore[method-assign]
+        QuerySet._clone = _clone  # type: ignore[attr-defined]
         QuerySet._fetch_all = _fetch_all  # type: ignore[method-assign]
         QuerySet._prefetch_related_objects = _prefetch_related_objects  # type: ignore[attr-defined]
 
