@@ -357,3 +357,11 @@ def test_report_text_names_the_finding(library: None) -> None:
     text = str(report)
     assert "N+1: guardapp.Book.writer x8" in text
     assert 'fix: select_related("writer")' in text
+
+
+def test_the_queries_explained_per_scope_are_bounded(library: None, monkeypatch: Any) -> None:
+    monkeypatch.setattr(guard_module, "MAX_EVENTS", 3)
+    with capture() as report:
+        [b.writer.name for b in Book.objects.all()]
+    assert report.count == 9  # every query is still counted
+    assert only(report).count == 2  # the first three explained: the list and two loads

@@ -64,6 +64,9 @@ __all__ = ["Guard", "NPlusOne", "UnusedPrefetch"]
 #: Instances tracked per scope, at most (a test that loads a million rows
 #: still gets findings for what it loaded first).
 MAX_TRACKED = 100_000
+#: Queries explained per scope, at most (memory stays bounded in a request
+#: that runs a million; the first ten thousand show any loop in it).
+MAX_EVENTS = 10_000
 #: Frames of project code kept in a query's stack signature.
 SIGNATURE_DEPTH = 8
 
@@ -380,6 +383,8 @@ class Guard:
         head = sql.lstrip()[:6].upper()
         if head != "SELECT" and not head.startswith("WITH"):
             return  # writes in a loop are bulk_create's business, not an N+1 read
+        if len(self.events) >= MAX_EVENTS:
+            return
         known = _known_frames()
         frame: Any = sys._getframe(2)
         op: str | None = None
