@@ -25,9 +25,11 @@ E015      ``RATELIMIT_VIEW`` cannot be imported or is not callable
 E016      ``CACHE`` is not a dict, or one of its values is of the wrong kind
 E017      ``CACHE["MODELS"]`` names a model that does not exist
 E018      ``QUERY_GUARD`` is not a dict, or one of its values is of the wrong kind
+E019      ``PROFILER`` is not a dict, or one of its values is of the wrong kind
 W005      ``CACHE["MODELS"]`` names a model whose managers have no ``.cache()``
 W006      ``CACHE`` has a key perfkit does not know (a typo?)
 W007      ``QUERY_GUARD`` has a key perfkit does not know (a typo?)
+W008      ``PROFILER`` has a key perfkit does not know (a typo?)
 W001      ``PERFKIT`` has a key perfkit does not know (a typo?)
 W002      ``PerfkitMiddleware`` is not in ``MIDDLEWARE``
 W003      ``PerfkitMiddleware`` is not first in ``MIDDLEWARE``
@@ -38,6 +40,7 @@ W004      the default cache is not django-redis and perfkit was not told to run 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,6 +53,7 @@ from django.utils.module_loading import import_string
 from django_perfkit.conf import (
     CACHE_DEFAULTS,
     DEFAULTS,
+    PROFILER_DEFAULTS,
     QUERY_GUARD_DEFAULTS,
     QUERY_GUARD_MODES,
     RATELIMIT_ALGORITHMS,
@@ -151,6 +155,7 @@ def check_settings(
     errors += _check_ratelimits(raw)
     errors += _check_cache(raw)
     errors += _check_query_guard(raw)
+    errors += _check_profiler(raw)
 
     prefix = raw.get("KEY_PREFIX", DEFAULTS["KEY_PREFIX"])
     if not isinstance(prefix, str) or not prefix or any(c in prefix for c in " {}\t\n"):
@@ -549,3 +554,79 @@ def _check_query_guard(raw: dict[str, Any]) -> list[CheckMessage]:
                 f"Write for example {example}.",
             )
     return errors
+
+
+_PROFILER_KINDS: dict[str, tuple[str, str]] = {
+    "SLOW_REQUEST_MS": ("count", "1000"),
+    "SLOW_KEEP": ("count", "200"),
+    "INTERVAL": ("seconds>0", "0.001"),
+    "MAX_PROFILES": ("count", "50"),
+    "TTL": ("count>0", "3600"),
+    "MIN_INTERVAL": ("seconds", "10"),
+    "TOKEN_MAX_TTL": ("count>0", "86400"),
+}
+
+
+def _check_profiler(raw: dict[str, Any]) -> list[CheckMessage]:
+    if "PROFILER" not in raw:
+        return []
+    profiler = raw["PROFILER"]
+    if not isinstance(profiler, dict):
+        return [
+            Error(
+                f'PERFKIT["PROFILER"] must be a dict, not {type(profiler).__name__}.',
+                hint='Write PERFKIT["PROFILER"] = {"SLOW_REQUEST_MS": 1000, ...}, or leave it out.',
+                id="perfkit.E019",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for key in profiler:
+        if key not in PROFILER_DEFAULTS:
+            close = difflib.get_close_matches(str(key), list(PROFILER_DEFAULTS), n=1)
+            errors.append(
+                Warning(
+                    f'PERFKIT["PROFILER"] has an unknown key "{key}".',
+                    hint=f'Did you mean "{close[0]}"?'
+                    if close
+                    else "See the configuration reference for the keys of PROFILER.",
+                    id="perfkit.W008",
+                )
+            )
+    for key, (kind, example) in _PROFILER_KINDS.items():
+        if key not in profiler:
+            continue
+        value = profiler[key]
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        ok = {
+            "count": whole and value >= 0,
+            "count>0": whole and value > 0,
+            "seconds": _is_number(value) and value >= 0,
+            "seconds>0": _is_number(value) and value > 0,
+        }[kind]
+        if not ok:
+            what = {
+                "count": "a whole number >= 0",
+                "count>0": "a whole number > 0",
+                "seconds": "a number of seconds >= 0",
+                "seconds>0": "a number of seconds > 0",
+            }[kind]
+            errors.append(
+                Error(
+                    f'PERFKIT["PROFILER"]["{key}"] must be {what}, not {value!r}.',
+                    hint=f'Write for example PERFKIT["PROFILER"]["{key}"] = {example}.',
+                    id="perfkit.E019",
+                )
+            )
+    header = profiler.get("HEADER", "")
+    if not isinstance(header, str) or (header and not _HEADER_NAME.match(header)):
+        errors.append(
+            Error(
+                f'PERFKIT["PROFILER"]["HEADER"] must be a header name, not {header!r}.',
+                hint='Write for example "X-Perfkit-Profile", or "" to turn header profiling off.',
+                id="perfkit.E019",
+            )
+        )
+    return errors
+
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")

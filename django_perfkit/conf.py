@@ -58,7 +58,64 @@ DEFAULTS: Final[dict[str, Any]] = {
     "CACHE": {},
     # Query guard (budgets, N+1 detection): a dict of its own, see QUERY_GUARD_DEFAULTS
     "QUERY_GUARD": {},
+    # Profiler (slow requests, debug-header profiles): see PROFILER_DEFAULTS
+    "PROFILER": {},
 }
+
+#: Every ``PERFKIT["PROFILER"]`` key with its default.
+PROFILER_DEFAULTS: Final[dict[str, Any]] = {
+    # A request at least this slow gets one structured log line, and its
+    # summary is kept in Redis for the panel. 0 turns both off.
+    "SLOW_REQUEST_MS": 1000,
+    # How many slow-request summaries Redis keeps (newest first).
+    "SLOW_KEEP": 200,
+    # The request header that asks for a pyinstrument profile. "" turns it off.
+    "HEADER": "X-Perfkit-Profile",
+    # pyinstrument's sampling interval, in seconds.
+    "INTERVAL": 0.001,
+    # Profiles kept in Redis: at most this many, each for at most TTL seconds.
+    "MAX_PROFILES": 50,
+    "TTL": 3600,
+    # One profile per caller per this many seconds (the header cannot load the servers).
+    "MIN_INTERVAL": 10.0,
+    # The longest a token from manage.py perfkit_token may live, in seconds.
+    "TOKEN_MAX_TTL": 86_400,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ProfilerSettings:
+    """The resolved ``PERFKIT["PROFILER"]`` settings."""
+
+    slow_request_ms: int
+    slow_keep: int
+    header: str
+    interval: float
+    max_profiles: int
+    ttl: int
+    min_interval: float
+    token_max_ttl: int
+
+
+def _profiler_settings(raw: Any) -> ProfilerSettings:
+    if not isinstance(raw, dict):
+        raw = {}
+    values: dict[str, Any] = {}
+    for name, default in PROFILER_DEFAULTS.items():
+        value = raw.get(name, default)
+        if name == "HEADER":
+            value = value if isinstance(value, str) else default
+        elif name in ("INTERVAL", "MIN_INTERVAL"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+            value = float(value) if ok else default
+            if name == "INTERVAL" and value <= 0:
+                value = default
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            value = value if ok else default
+        values[name.lower()] = value
+    return ProfilerSettings(**values)
+
 
 QueryGuardMode = Literal["log", "warn", "raise", "off"]
 QUERY_GUARD_MODES: Final[tuple[str, ...]] = ("log", "warn", "raise", "off")
@@ -236,6 +293,7 @@ class PerfkitSettings:
     ratelimit_ipv6_mask: int
     cache: CacheSettings
     query_guard: QueryGuardSettings
+    profiler: ProfilerSettings
     #: True when the project set ``REDIS_CACHE_ALIAS`` itself (the checks are
     #: stricter about an explicit alias than about the default one).
     redis_alias_explicit: bool
@@ -287,6 +345,9 @@ def get_settings() -> PerfkitSettings:
             continue
         if name == "QUERY_GUARD":
             values["query_guard"] = _query_guard_settings(raw.get(name))
+            continue
+        if name == "PROFILER":
+            values["profiler"] = _profiler_settings(raw.get(name))
             continue
         values[name.lower()] = _coerce(name, raw.get(name, default), default)
     values["redis_alias_explicit"] = "REDIS_CACHE_ALIAS" in raw

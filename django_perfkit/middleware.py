@@ -13,11 +13,17 @@ from collections.abc import Awaitable, Callable
 from contextvars import Token
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from django_perfkit.conf import PerfkitSettings, get_settings
+from django_perfkit.profiler.session import (
+    AsyncMode,
+    ProfileRun,
+    start_for_caller,
+    start_for_staff,
+)
 from django_perfkit.queries import budget
 from django_perfkit.queries.capture import QueryReport
 from django_perfkit.queries.guard import Guard
@@ -64,12 +70,17 @@ class PerfkitMiddleware:
             return self.get_response(request)
         record = RequestRecord(method=request.method or "", path=request.path)
         guard_mode = _open_guard(record, settings)
+        profile = start_for_caller(request, "disabled") if settings.profiler.header else None
         token = _current.set(record)
         try:
             response = self.get_response(request)
+        except BaseException:
+            _discard_profile(request, profile)
+            raise
         finally:
             _current.reset(token)
             _close_guard(record)
+        response = _finish_profile(record, request, response, profile)
         self._finish(record, request, response)
         self._report_to_outer(token, record)
         if guard_mode is not None:
@@ -83,12 +94,19 @@ class PerfkitMiddleware:
             return await get_response(request)
         record = RequestRecord(method=request.method or "", path=request.path)
         guard_mode = _open_guard(record, settings)
+        # "enabled": pyinstrument follows this request's task across awaits,
+        # not the other tasks the loop runs meanwhile.
+        profile = start_for_caller(request, "enabled") if settings.profiler.header else None
         token = _current.set(record)
         try:
             response = await get_response(request)
+        except BaseException:
+            _discard_profile(request, profile)
+            raise
         finally:
             _current.reset(token)
             _close_guard(record)
+        response = _finish_profile(record, request, response, profile)
         if settings.server_timing in _NEEDS_USER or guard_mode == "warn":
             # request.user is lazy and loading it queries the database, which
             # must not happen on the event loop.
@@ -105,12 +123,19 @@ class PerfkitMiddleware:
         # Route rules (PERFKIT["RATELIMITS"]): after the other middleware, so
         # request.user exists, and before the view, so a limited request costs
         # no database work.
-        return enforce(request)
+        limited = enforce(request)
+        if limited is None and hasattr(request, "_perfkit_profile_pending"):
+            _start_staff_profile(request, "disabled")
+        return limited
 
     async def _aprocess_view(
         self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any
     ) -> Any:
-        return await aenforce(request)
+        limited = await aenforce(request)
+        if limited is None and hasattr(request, "_perfkit_profile_pending"):
+            await sync_to_async(_load_user)(request)
+            _start_staff_profile(request, "enabled")
+        return limited
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> Any:
         if not isinstance(exception, Ratelimited):
@@ -140,6 +165,59 @@ class PerfkitMiddleware:
                 logger.exception("perfkit: reporter %r failed", reporter)
         if record.after_response:
             record.run_after_response()
+
+
+def _load_user(request: HttpRequest) -> None:
+    user = getattr(request, "user", None)
+    if user is not None:
+        user.is_staff  # noqa: B018  (loads the lazy user in a thread, off the event loop)
+
+
+def _start_staff_profile(request: HttpRequest, async_mode: AsyncMode) -> None:
+    run = start_for_staff(request, async_mode)
+    if run is not None:
+        request._perfkit_profile_run = run  # type: ignore[attr-defined]
+
+
+def _discard_profile(request: HttpRequest, profile: ProfileRun | None) -> None:
+    for run in (profile, getattr(request, "_perfkit_profile_run", None)):
+        if run is not None:
+            run.discard()
+
+
+def _finish_profile(
+    record: RequestRecord, request: HttpRequest, response: Any, profile: ProfileRun | None
+) -> Any:
+    """Stop a running profile, keep it, and say where it is (or answer with it: ``html``)."""
+    run = profile or getattr(request, "_perfkit_profile_run", None)
+    if run is None:
+        return response
+    try:
+        profile_id = run.stop(request, getattr(response, "status_code", None))
+        if run.html and run.payload is not None:
+            from django.http import HttpResponse
+
+            from django_perfkit.profiler.session import render
+
+            page = HttpResponse(render(run.payload, "html"))
+            page["Cache-Control"] = "private, no-store"
+            response = page
+        if profile_id is not None:
+            record.profile_id = profile_id
+            response[PROFILE_ID_HEADER] = profile_id
+            try:
+                from django.urls import reverse
+
+                response[PROFILE_URL_HEADER] = reverse("perfkit:profile", args=[profile_id])
+            except Exception:  # django_perfkit.urls not included
+                pass
+    except Exception:
+        logger.exception("perfkit: the profile could not be kept")
+    return response
+
+
+PROFILE_ID_HEADER = "X-Perfkit-Profile-Id"
+PROFILE_URL_HEADER = "X-Perfkit-Profile-Url"
 
 
 def _open_guard(record: RequestRecord, settings: PerfkitSettings) -> str | None:

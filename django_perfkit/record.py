@@ -180,6 +180,8 @@ class RequestRecord:
     nplusone: list[NPlusOne] = field(default_factory=list)
     #: ``prefetch_related()`` lookups that nothing read.
     unused_prefetches: list[UnusedPrefetch] = field(default_factory=list)
+    #: The id of this request's pyinstrument profile, when one was taken and kept.
+    profile_id: str | None = None
 
     @property
     def duration(self) -> float:

@@ -290,3 +290,35 @@ def test_query_guard_error_names_the_fix() -> None:
     with override_settings(PERFKIT={"QUERY_GUARD": {"MODE": "loud"}}):
         (message,) = check_settings()
     assert '"log", "warn", "raise", "off"' in (message.hint or "")
+
+
+@pytest.mark.parametrize(
+    ("profiler", "expected"),
+    [
+        ([], ["perfkit.E019"]),
+        ({"SLOW_REQUEST_MS": -1}, ["perfkit.E019"]),
+        ({"SLOW_REQUEST_MS": "1s"}, ["perfkit.E019"]),
+        ({"INTERVAL": 0}, ["perfkit.E019"]),
+        ({"TTL": 0}, ["perfkit.E019"]),
+        ({"MIN_INTERVAL": True}, ["perfkit.E019"]),
+        ({"HEADER": "X Perfkit"}, ["perfkit.E019"]),
+        ({"HEADER": None}, ["perfkit.E019"]),
+        ({"SLOW_MS": 10}, ["perfkit.W008"]),
+    ],
+)
+def test_profiler_settings_checks(profiler: Any, expected: list[str]) -> None:
+    assert ids({"PROFILER": profiler}) == expected
+
+
+def test_good_profiler_settings_pass() -> None:
+    profiler = {
+        "SLOW_REQUEST_MS": 500,
+        "SLOW_KEEP": 0,
+        "HEADER": "",
+        "INTERVAL": 0.005,
+        "MAX_PROFILES": 10,
+        "TTL": 600,
+        "MIN_INTERVAL": 0,
+        "TOKEN_MAX_TTL": 3600,
+    }
+    assert ids({"PROFILER": profiler}) == []

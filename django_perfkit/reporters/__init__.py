@@ -14,11 +14,12 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from django_perfkit.profiler.slow import report_slow_request
 from django_perfkit.record import RequestRecord
 from django_perfkit.reporters.server_timing import report_server_timing
 
 Reporter = Callable[[RequestRecord, HttpRequest, Any], None]
 
-REPORTERS: list[Reporter] = [report_server_timing]
+REPORTERS: list[Reporter] = [report_server_timing, report_slow_request]
 
 __all__ = ["REPORTERS", "Reporter"]

@@ -69,6 +69,8 @@ def build_header(record: RequestRecord) -> str:
             )
         else:
             entries.append(f"{name};dur={section.time * 1000:.2f}")
+    if record.profile_id:
+        entries.append(f"profile;desc={_desc(record.profile_id)}")
     if record.redis_failures:
         entries.append(f"redis-failures;desc={_desc(str(record.redis_failures))}")
     entries.append(f"total;dur={record.duration * 1000:.2f}")

@@ -1,0 +1,234 @@
+"""Profiling one real request with pyinstrument, when an authorised caller asks.
+
+Who may ask (``PROFILER["HEADER"]``, ``X-Perfkit-Profile`` by default):
+
+* with ``DEBUG`` on, a client whose ``REMOTE_ADDR`` is in ``INTERNAL_IPS``
+  (header value ``1``, or ``html`` for the profile page instead of the response);
+* a signed-in staff user (``1`` or ``html``). The user is known only once the
+  authentication middleware has run, so such a profile starts before the view
+  (``process_view``) and does not include the middleware;
+* anyone presenting a valid token (``manage.py perfkit_token``) as the value:
+  for production and ``curl``. The profile covers the whole request.
+
+Anyone else: the header is ignored, with no profile, no error and no header
+in the response that would tell it was seen. A caller gets one profile per
+``MIN_INTERVAL`` seconds (a ``SET NX`` in Redis), so the header cannot be
+used to load the servers; with Redis down or unconfigured there is nowhere
+to keep a profile, and none is taken.
+
+The profile is kept in Redis (at most ``MAX_PROFILES``, each for ``TTL``
+seconds; never the app's database, never a file on the request path) as
+pyinstrument's JSON, compressed, and rendered when someone opens it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from django.conf import settings as django_settings
+from django.http import HttpRequest
+
+from django_perfkit.conf import get_settings
+from django_perfkit.profiler.tokens import MAX_TOKEN_LENGTH, read_token
+from django_perfkit.redis import LuaScript, get_gateway
+
+__all__ = ["ProfileRun", "load_profile", "start_for_caller", "start_for_staff"]
+
+logger = logging.getLogger("django_perfkit.profiler")
+
+#: pyinstrument's: "disabled" under WSGI (one thread per request), "enabled"
+#: under ASGI (follow this request's task, not the loop's other tasks).
+AsyncMode = Literal["enabled", "disabled"]
+
+#: Keeps a profile and trims the index to the newest MAX_PROFILES (deleting the
+#: others' entries). KEYS: index (sorted set), entry. ARGV: id, now, payload,
+#: ttl, max, entry key prefix.
+_STORE = LuaScript(
+    """
+local ttl = tonumber(ARGV[4])
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ttl)
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[2]) - ttl)
+local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[5])
+if extra > 0 then
+  for _, old in ipairs(redis.call('ZRANGE', KEYS[1], 0, extra - 1)) do
+    redis.call('DEL', ARGV[6] .. old)
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1)
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+return 1
+""",
+    name="profile-store",
+)
+
+
+def header_meta_name(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+@dataclass(slots=True)
+class ProfileRun:
+    """One request being profiled."""
+
+    who: str
+    html: bool
+    profiler: Any = None
+    #: Set once stored.
+    profile_id: str | None = None
+    #: What was stored (for ``html``: the page is rendered from it).
+    payload: dict[str, Any] | None = None
+
+    def discard(self) -> None:
+        profiler, self.profiler = self.profiler, None
+        if profiler is not None:
+            with contextlib.suppress(Exception):  # discarding: nothing to keep
+                profiler.stop()
+
+    def start(self, async_mode: AsyncMode) -> bool:
+        from pyinstrument import Profiler
+
+        try:
+            profiler = Profiler(interval=get_settings().profiler.interval, async_mode=async_mode)
+            profiler.start()
+        except Exception:  # another profiler on this thread, say
+            logger.debug("perfkit: could not start the profiler", exc_info=True)
+            return False
+        self.profiler = profiler
+        return True
+
+    def stop(self, request: HttpRequest, status: int | None) -> str | None:
+        """Stop, keep the profile in Redis; its id, or ``None`` if it could not be kept."""
+        profiler, self.profiler = self.profiler, None
+        if profiler is None:
+            return None
+        try:
+            session = profiler.stop()
+            payload = {
+                "meta": {
+                    "method": request.method,
+                    "path": request.path,
+                    "status": status,
+                    "duration_ms": round(session.duration * 1000, 3),
+                    "who": self.who,
+                    "at": time.time(),
+                },
+                "session": session.to_json(),
+            }
+            self.payload = payload
+            blob = zlib.compress(json.dumps(payload).encode())
+        except Exception:
+            logger.exception("perfkit: the profile could not be rendered")
+            return None
+        profile_id = secrets.token_urlsafe(12)
+        conf = get_settings().profiler
+        gateway = get_gateway()
+        index = gateway.key("profile", "store")
+        entry = gateway.key("profile", "store", profile_id)
+        prefix = entry[: -len(profile_id)]
+        stored = gateway.run_script(
+            _STORE,
+            [index, entry],
+            [profile_id, time.time(), blob, conf.ttl, conf.max_profiles, prefix],
+            None,
+        )
+        if stored is None:
+            return None
+        self.profile_id = profile_id
+        return profile_id
+
+
+def _claim(who: str) -> bool:
+    """One profile per caller per MIN_INTERVAL (and none without Redis)."""
+    gateway = get_gateway()
+    if not gateway.configured:
+        return False
+    interval_ms = max(1, int(get_settings().profiler.min_interval * 1000))
+    key = gateway.key("profile", "limit", who)
+    return bool(gateway.run(lambda client: client.set(key, 1, nx=True, px=interval_ms), False))
+
+
+def _header(request: HttpRequest) -> str | None:
+    name = get_settings().profiler.header
+    if not name:
+        return None
+    value = request.META.get(header_meta_name(name))
+    if not value:
+        return None
+    value = str(value).strip()
+    return value if len(value) <= MAX_TOKEN_LENGTH else None
+
+
+def _internal(request: HttpRequest) -> bool:
+    return bool(django_settings.DEBUG) and request.META.get("REMOTE_ADDR") in getattr(
+        django_settings, "INTERNAL_IPS", ()
+    )
+
+
+def start_for_caller(request: HttpRequest, async_mode: AsyncMode) -> ProfileRun | None:
+    """At the start of the request: a DEBUG-internal client or a token holder."""
+    value = _header(request)
+    if value is None:
+        return None
+    run: ProfileRun | None = None
+    if value in ("1", "html"):
+        if _internal(request):
+            run = ProfileRun(f"ip:{request.META.get('REMOTE_ADDR')}", html=value == "html")
+        else:
+            # Maybe staff: known after the authentication middleware (process_view).
+            request._perfkit_profile_pending = value  # type: ignore[attr-defined]
+            return None
+    else:
+        user = read_token(value)
+        if user is not None:
+            run = ProfileRun(f"user:{user.pk}", html=False)
+    if run is None or not _claim(run.who) or not run.start(async_mode):
+        return None
+    return run
+
+
+def start_for_staff(request: HttpRequest, async_mode: AsyncMode) -> ProfileRun | None:
+    """Before the view: a signed-in staff user who sent ``1`` or ``html``."""
+    value = getattr(request, "_perfkit_profile_pending", None)
+    if value is None:
+        return None
+    user = getattr(request, "user", None)
+    if not (user is not None and user.is_active and user.is_staff):
+        return None
+    run = ProfileRun(f"user:{user.pk}", html=value == "html")
+    if not _claim(run.who) or not run.start(async_mode):
+        return None
+    return run
+
+
+def load_profile(profile_id: str) -> dict[str, Any] | None:
+    """A stored profile (``{"meta": ..., "session": ...}``), or ``None``."""
+    if not profile_id or len(profile_id) > 64:
+        return None
+    gateway = get_gateway()
+    key = gateway.key("profile", "store", profile_id)
+    blob = gateway.run(lambda client: client.get(key), None)
+    if blob is None:
+        return None
+    try:
+        data: dict[str, Any] = json.loads(zlib.decompress(blob))
+    except (zlib.error, ValueError):
+        return None
+    return data
+
+
+def render(data: dict[str, Any], fmt: str) -> str:
+    """pyinstrument's HTML page or speedscope JSON of a stored profile."""
+    from pyinstrument.renderers import HTMLRenderer, SpeedscopeRenderer
+    from pyinstrument.session import Session
+
+    session = Session.from_json(data["session"])
+    renderer = SpeedscopeRenderer() if fmt == "speedscope" else HTMLRenderer()
+    return str(renderer.render(session))
