@@ -20,6 +20,7 @@ import functools
 import inspect
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -285,7 +286,7 @@ class timer:
     request it costs two clock reads and records nothing.
     """
 
-    __slots__ = ("label", "_start")
+    __slots__ = ("label", "_start", "_span")
 
     def __init__(self, label: str) -> None:
         checked: object = label  # callers are not always type-checked
@@ -293,13 +294,24 @@ class timer:
             raise ValueError("perfkit.timer() needs a non-empty string label, e.g. timer('render')")
         self.label = label
         self._start = 0.0
+        self._span: Any = None
 
     def __enter__(self) -> timer:
+        if "ddtrace" in sys.modules:  # a dict lookup when the project has no ddtrace
+            from django_perfkit.reporters.datadog import active_tracer
+
+            tracer = active_tracer()
+            if tracer is not None:
+                # A child span of whatever is active (the request, the view).
+                self._span = tracer.trace("perfkit.timer", resource=self.label)
         self._start = time.perf_counter()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         elapsed = time.perf_counter() - self._start
+        span, self._span = self._span, None
+        if span is not None:
+            span.finish()
         rec = _current.get()
         if rec is not None:
             rec.add_section(self.label, elapsed)

@@ -140,7 +140,20 @@ class QueryCollector:
             stats = record.db
             stats.count += 1
             stats.time += duration
+            site = None
+            guard = record.guard
+            if guard is not None:
+                # The query guard walks the same frames (and a few more): its
+                # walk finds the call site too, so it is not walked twice.
+                try:
+                    site = guard.observe(sql, params, duration)
+                except Exception as exc:  # a detector bug must not fail the query
+                    record.errors.append(f"query guard: {exc!r}")
             if len(stats.queries) < settings.max_queries_recorded:
+                if not settings.capture_call_sites:
+                    site = None
+                elif site is None:
+                    site = find_site(2)
                 stats.queries.append(
                     # tuple.__new__ with one tuple: the cheapest way to build a
                     # NamedTuple (no keyword handling), on a path run per query.
@@ -150,7 +163,7 @@ class QueryCollector:
                             sql,
                             context["connection"].alias,
                             duration,
-                            find_site(2) if settings.capture_call_sites else None,
+                            site,
                             _params_hash(params),
                             None if settings.hide_sql_params else params,
                             many,
@@ -160,12 +173,6 @@ class QueryCollector:
                 )
             else:
                 stats.dropped += 1
-            guard = record.guard
-            if guard is not None:
-                try:
-                    guard.observe(sql, params, duration)
-                except Exception as exc:  # a detector bug must not fail the query
-                    record.errors.append(f"query guard: {exc!r}")
 
 
 collector = QueryCollector()

@@ -16,10 +16,11 @@ from django.http import HttpRequest
 
 from django_perfkit.profiler.slow import report_slow_request
 from django_perfkit.record import RequestRecord
+from django_perfkit.reporters.datadog import report_datadog
 from django_perfkit.reporters.server_timing import report_server_timing
 
 Reporter = Callable[[RequestRecord, HttpRequest, Any], None]
 
-REPORTERS: list[Reporter] = [report_server_timing, report_slow_request]
+REPORTERS: list[Reporter] = [report_server_timing, report_slow_request, report_datadog]
 
 __all__ = ["REPORTERS", "Reporter"]
