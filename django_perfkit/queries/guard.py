@@ -32,7 +32,7 @@ replace it. Under ``FETCH_PEERS`` a would-be N+1 runs one query and is
 correctly not reported.
 
 What the stack cannot tell is where an instance came from. For that,
-``QuerySet._clone`` and ``QuerySet._fetch_all`` are wrapped while at least
+``QuerySet.__init__``, ``_clone`` and ``_fetch_all`` are wrapped while at least
 one guard is open anywhere in the process (a reference count; unwrapped when
 the last one closes, so a process with the guard off runs Django untouched):
 each queryset notes the line of project code that built it, and each
@@ -745,11 +745,20 @@ def _install(keep: bool = False) -> None:
         from django.db.models import QuerySet
 
         clone = _original.setdefault("_clone", QuerySet._clone)  # type: ignore[attr-defined]
+        init = _original.setdefault("__init__", QuerySet.__init__)
         fetch_all = _original.setdefault("_fetch_all", QuerySet._fetch_all)
         prefetch = _original.setdefault(
             "_prefetch_related_objects",
             QuerySet._prefetch_related_objects,  # type: ignore[attr-defined]
         )
+
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **kwargs)
+            # A new chain (a manager's get_queryset(): no query passed in; a
+            # clone passes its query and is handled in _clone). Manager.all()
+            # returns it as it is, so this is where Model.objects.all() is built.
+            if len(args) < 2 and kwargs.get("query") is None and _guard() is not None:
+                self.__dict__["_perfkit_site"] = find_site(2)
 
         def _clone(self: Any) -> Any:
             copy = clone(self)
@@ -778,6 +787,7 @@ def _install(keep: bool = False) -> None:
                 guard.track_prefetch(self)
 
         QuerySet._clone = _clone  # type: ignore[attr-defined]
+        QuerySet.__init__ = __init__  # type: ignore[method-assign]
         QuerySet._fetch_all = _fetch_all  # type: ignore[method-assign]
         QuerySet._prefetch_related_objects = _prefetch_related_objects  # type: ignore[attr-defined]
 
