@@ -26,10 +26,12 @@ E016      ``CACHE`` is not a dict, or one of its values is of the wrong kind
 E017      ``CACHE["MODELS"]`` names a model that does not exist
 E018      ``QUERY_GUARD`` is not a dict, or one of its values is of the wrong kind
 E019      ``PROFILER`` is not a dict, or one of its values is of the wrong kind
+E020      ``FLEET`` is not a dict, or one of its values is of the wrong kind
 W005      ``CACHE["MODELS"]`` names a model whose managers have no ``.cache()``
 W006      ``CACHE`` has a key perfkit does not know (a typo?)
 W007      ``QUERY_GUARD`` has a key perfkit does not know (a typo?)
 W008      ``PROFILER`` has a key perfkit does not know (a typo?)
+W009      ``FLEET`` has a key perfkit does not know (a typo?)
 W001      ``PERFKIT`` has a key perfkit does not know (a typo?)
 W002      ``PerfkitMiddleware`` is not in ``MIDDLEWARE``
 W003      ``PerfkitMiddleware`` is not first in ``MIDDLEWARE``
@@ -41,7 +43,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -53,6 +55,7 @@ from django.utils.module_loading import import_string
 from django_perfkit.conf import (
     CACHE_DEFAULTS,
     DEFAULTS,
+    FLEET_DEFAULTS,
     PROFILER_DEFAULTS,
     QUERY_GUARD_DEFAULTS,
     QUERY_GUARD_MODES,
@@ -156,6 +159,7 @@ def check_settings(
     errors += _check_cache(raw)
     errors += _check_query_guard(raw)
     errors += _check_profiler(raw)
+    errors += _check_fleet(raw)
 
     prefix = raw.get("KEY_PREFIX", DEFAULTS["KEY_PREFIX"])
     if not isinstance(prefix, str) or not prefix or any(c in prefix for c in " {}\t\n"):
@@ -630,3 +634,58 @@ def _check_profiler(raw: dict[str, Any]) -> list[CheckMessage]:
 
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+def _check_fleet(raw: dict[str, Any]) -> list[CheckMessage]:
+    if "FLEET" not in raw:
+        return []
+    fleet = raw["FLEET"]
+    if not isinstance(fleet, dict):
+        return [
+            Error(
+                f'PERFKIT["FLEET"] must be a dict, not {type(fleet).__name__}.',
+                hint='Write PERFKIT["FLEET"] = {"WINDOW_MINUTES": 60, ...}, or leave it out.',
+                id="perfkit.E020",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for key in fleet:
+        if key not in FLEET_DEFAULTS:
+            close = difflib.get_close_matches(str(key), list(FLEET_DEFAULTS), n=1)
+            errors.append(
+                Warning(
+                    f'PERFKIT["FLEET"] has an unknown key "{key}".',
+                    hint=f'Did you mean "{close[0]}"?'
+                    if close
+                    else "See the configuration reference for the keys of FLEET.",
+                    id="perfkit.W009",
+                )
+            )
+    wanted: dict[str, tuple[str, Callable[[Any], bool], str]] = {
+        "ENABLED": ("True or False", _is_bool, "True"),
+        "WINDOW_MINUTES": ("a whole number > 0", _whole_positive, "60"),
+        "MAX_ROUTES": ("a whole number > 0", _whole_positive, "500"),
+        "FLUSH_INTERVAL": ("a number of seconds > 0", _positive_number, "1.0"),
+    }
+    for key, (what, ok, example) in wanted.items():
+        if key in fleet and not ok(fleet[key]):
+            errors.append(
+                Error(
+                    f'PERFKIT["FLEET"]["{key}"] must be {what}, not {fleet[key]!r}.',
+                    hint=f'Write for example PERFKIT["FLEET"]["{key}"] = {example}.',
+                    id="perfkit.E020",
+                )
+            )
+    return errors
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _positive_number(value: Any) -> bool:
+    return _is_number(value) and value > 0
+
+
+def _whole_positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

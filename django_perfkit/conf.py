@@ -60,7 +60,53 @@ DEFAULTS: Final[dict[str, Any]] = {
     "QUERY_GUARD": {},
     # Profiler (slow requests, debug-header profiles): see PROFILER_DEFAULTS
     "PROFILER": {},
+    # Fleet stats (per route, per server, per minute, in Redis): see FLEET_DEFAULTS
+    "FLEET": {},
 }
+
+#: Every ``PERFKIT["FLEET"]`` key with its default.
+FLEET_DEFAULTS: Final[dict[str, Any]] = {
+    # Record per-route stats of every request (in memory; flushed to Redis).
+    "ENABLED": True,
+    # Minutes of per-minute buckets kept in Redis.
+    "WINDOW_MINUTES": 60,
+    # Seconds between two flushes of a process's counters (one pipeline each).
+    "FLUSH_INTERVAL": 1.0,
+    # Routes per server and minute, at most (the rest count as "(other)").
+    "MAX_ROUTES": 500,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSettings:
+    """The resolved ``PERFKIT["FLEET"]`` settings."""
+
+    enabled: bool
+    window_minutes: int
+    flush_interval: float
+    max_routes: int
+
+
+def _fleet_settings(raw: Any) -> FleetSettings:
+    if not isinstance(raw, dict):
+        raw = {}
+    enabled = raw.get("ENABLED", True)
+    window = raw.get("WINDOW_MINUTES", 60)
+    interval = raw.get("FLUSH_INTERVAL", 1.0)
+    routes = raw.get("MAX_ROUTES", 500)
+
+    def whole(value: Any, default: int) -> int:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        return value if ok else default
+
+    ok_interval = isinstance(interval, (int, float)) and not isinstance(interval, bool)
+    return FleetSettings(
+        enabled=enabled if isinstance(enabled, bool) else True,
+        window_minutes=whole(window, 60),
+        flush_interval=float(interval) if ok_interval and interval > 0 else 1.0,
+        max_routes=whole(routes, 500),
+    )
+
 
 #: Every ``PERFKIT["PROFILER"]`` key with its default.
 PROFILER_DEFAULTS: Final[dict[str, Any]] = {
@@ -294,6 +340,7 @@ class PerfkitSettings:
     cache: CacheSettings
     query_guard: QueryGuardSettings
     profiler: ProfilerSettings
+    fleet: FleetSettings
     #: True when the project set ``REDIS_CACHE_ALIAS`` itself (the checks are
     #: stricter about an explicit alias than about the default one).
     redis_alias_explicit: bool
@@ -348,6 +395,9 @@ def get_settings() -> PerfkitSettings:
             continue
         if name == "PROFILER":
             values["profiler"] = _profiler_settings(raw.get(name))
+            continue
+        if name == "FLEET":
+            values["fleet"] = _fleet_settings(raw.get(name))
             continue
         values[name.lower()] = _coerce(name, raw.get(name, default), default)
     values["redis_alias_explicit"] = "REDIS_CACHE_ALIAS" in raw

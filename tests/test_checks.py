@@ -322,3 +322,23 @@ def test_good_profiler_settings_pass() -> None:
         "TOKEN_MAX_TTL": 3600,
     }
     assert ids({"PROFILER": profiler}) == []
+
+
+@pytest.mark.parametrize(
+    ("fleet", "expected"),
+    [
+        (True, ["perfkit.E020"]),
+        ({"ENABLED": "yes"}, ["perfkit.E020"]),
+        ({"WINDOW_MINUTES": 0}, ["perfkit.E020"]),
+        ({"FLUSH_INTERVAL": 0}, ["perfkit.E020"]),
+        ({"MAX_ROUTES": 1.5}, ["perfkit.E020"]),
+        ({"WINDOW": 60}, ["perfkit.W009"]),
+    ],
+)
+def test_fleet_settings_checks(fleet: Any, expected: list[str]) -> None:
+    assert ids({"FLEET": fleet}) == expected
+
+
+def test_good_fleet_settings_pass() -> None:
+    fleet = {"ENABLED": True, "WINDOW_MINUTES": 30, "FLUSH_INTERVAL": 0.5, "MAX_ROUTES": 100}
+    assert ids({"FLEET": fleet}) == []

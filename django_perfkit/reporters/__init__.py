@@ -14,6 +14,7 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from django_perfkit.fleet.stats import report_fleet
 from django_perfkit.profiler.slow import report_slow_request
 from django_perfkit.record import RequestRecord
 from django_perfkit.reporters.datadog import report_datadog
@@ -21,6 +22,11 @@ from django_perfkit.reporters.server_timing import report_server_timing
 
 Reporter = Callable[[RequestRecord, HttpRequest, Any], None]
 
-REPORTERS: list[Reporter] = [report_server_timing, report_slow_request, report_datadog]
+REPORTERS: list[Reporter] = [
+    report_server_timing,
+    report_slow_request,
+    report_datadog,
+    report_fleet,
+]
 
 __all__ = ["REPORTERS", "Reporter"]
