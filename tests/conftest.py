@@ -58,6 +58,16 @@ def cluster(tmp_path: Path) -> Iterator[PrivateCluster]:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _no_fleet_flush_thread() -> None:
+    """Tests that write PERFKIT from scratch turn fleet stats on; the process's
+    recorder must not start its flush thread then, which would write into
+    whatever Redis a later test configures (a black-holed one, say)."""
+    from django_perfkit.fleet.stats import recorder
+
+    recorder.background = False
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _delete_keys_at_the_end() -> Iterator[None]:
     """Leave nothing under the suite's prefix in the shared Redis (tokens live a day)."""
     yield

@@ -365,3 +365,23 @@ def test_the_queries_explained_per_scope_are_bounded(library: None, monkeypatch:
         [b.writer.name for b in Book.objects.all()]
     assert report.count == 9  # every query is still counted
     assert only(report).count == 2  # the first three explained: the list and two loads
+
+
+def test_one_helper_called_from_two_lines_through_library_code_is_not_an_n_plus_one(
+    library: None,
+) -> None:
+    from django.test.utils import override_settings
+
+    def book(title: str) -> Book:
+        return Book.objects.get(title=title)
+
+    # Library frames between the helper and its two callers (as call_command or a
+    # template's render put there): the places still differ.
+    wrapped = book
+    for _ in range(6):
+        wrapped = override_settings()(wrapped)
+    with capture() as report:
+        wrapped("b00")
+        wrapped("b01")
+    assert report.count == 2
+    assert report.nplusone == []

@@ -67,10 +67,13 @@ MAX_TRACKED = 100_000
 #: Queries explained per scope, at most (memory stays bounded in a request
 #: that runs a million; the first ten thousand show any loop in it).
 MAX_EVENTS = 10_000
-#: Frames kept in a query's stack signature, from the first frame of project
-#: code up: enough to tell one helper called from two lines (two places) from
-#: a loop (one place); each frame walked costs about half a microsecond.
+#: Frames of project code kept in a query's stack signature, from the first
+#: one up: enough to tell one helper called from two lines (two places) from
+#: a loop (one place), across library frames in between (call_command, a
+#: template's render). Each frame walked costs about half a microsecond, so
+#: the walk stops after MAX_WALK frames past the first of project code.
 SIGNATURE_DEPTH = 4
+MAX_WALK = 40
 
 
 @dataclass(slots=True)
@@ -402,6 +405,7 @@ class Guard:
         lookups: tuple[str, ...] = ()
         location: tuple[str, int, str] | None = None
         signature: list[Any] = []
+        walked = 0
         library = _library_file
         while frame is not None:
             code = frame.f_code
@@ -447,11 +451,19 @@ class Guard:
                     if not is_library:
                         location = (filename, frame.f_lineno, code.co_name)
             if location is not None:
-                # The instruction offset names the call as well as the line
-                # does, without decoding the line table (f_lineno does).
-                signature.append(id(code))
-                signature.append(frame.f_lasti)
-                if len(signature) >= 2 * SIGNATURE_DEPTH:
+                walked += 1
+                filename = code.co_filename
+                is_library = library.get(filename)
+                if is_library is None:
+                    is_library = is_library_file(filename)
+                if not is_library:
+                    # The instruction offset names the call as well as the line
+                    # does, without decoding the line table (f_lineno does).
+                    signature.append(id(code))
+                    signature.append(frame.f_lasti)
+                    if len(signature) >= 2 * SIGNATURE_DEPTH:
+                        break
+                if walked >= MAX_WALK:
                     break
             frame = frame.f_back
         if relation is None and queryset is not None and op != _REFRESH:
