@@ -361,15 +361,86 @@ def check_middleware(
     return []
 
 
+#: The kinds of value a sub-dict's keys take: (what the message says it must
+#: be, the test).
+_VALUE_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "bool": ("True or False", lambda v: isinstance(v, bool)),
+    "count": (
+        "a whole number >= 0",
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    ),
+    "count>0": (
+        "a whole number > 0",
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+    ),
+    "whole-seconds>0": (
+        "a whole number of seconds > 0",
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+    ),
+    "seconds": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+    "seconds>0": ("a number of seconds > 0", lambda v: _is_number(v) and v > 0),
+}
+
+
+def _check_section(
+    raw: dict[str, Any],
+    name: str,
+    defaults: dict[str, Any],
+    kinds: dict[str, tuple[str, str]],
+    error_id: str,
+    warning_id: str,
+    example: str,
+) -> tuple[dict[str, Any] | None, list[CheckMessage]]:
+    """The checks every ``PERFKIT`` sub-dict gets: a dict, known keys, values of their kind.
+
+    Returns the section (``None`` when absent or not a dict) and the messages.
+    """
+    if name not in raw:
+        return None, []
+    section = raw[name]
+    if not isinstance(section, dict):
+        return None, [
+            Error(
+                f'PERFKIT["{name}"] must be a dict, not {type(section).__name__}.',
+                hint=f'Write PERFKIT["{name}"] = {example}, or leave it out.',
+                id=error_id,
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for key in section:
+        if key not in defaults:
+            close = difflib.get_close_matches(str(key), list(defaults), n=1)
+            errors.append(
+                Warning(
+                    f'PERFKIT["{name}"] has an unknown key "{key}".',
+                    hint=f'Did you mean "{close[0]}"?'
+                    if close
+                    else f"See the configuration reference for the keys of {name}.",
+                    id=warning_id,
+                )
+            )
+    for key, (kind, value_example) in kinds.items():
+        what, ok = _VALUE_KINDS[kind]
+        if key in section and not ok(section[key]):
+            errors.append(
+                Error(
+                    f'PERFKIT["{name}"]["{key}"] must be {what}, not {section[key]!r}.',
+                    hint=f'Write for example PERFKIT["{name}"]["{key}"] = {value_example}.',
+                    id=error_id,
+                )
+            )
+    return section, errors
+
+
 _CACHE_KINDS: dict[str, tuple[str, str]] = {
     # key: (kind, example)
     "ENABLED": ("bool", "True"),
-    "DEFAULT_TIMEOUT": ("seconds>0", "300"),
+    "DEFAULT_TIMEOUT": ("whole-seconds>0", "300"),
     "MAX_BYTES": ("count", "1048576"),
     "LOCK_TIMEOUT": ("seconds", "10.0"),
     "LOCK_WAIT": ("seconds", "1.0"),
     "EARLY_REFRESH_BETA": ("seconds", "1.0"),
-    "TOKEN_TTL": ("seconds>0", "86400"),
+    "TOKEN_TTL": ("whole-seconds>0", "86400"),
     "DEFER_DELAY": ("seconds", "0.1"),
     "DEFER_MAX_PENDING": ("count", "10000"),
 }
@@ -379,56 +450,18 @@ def _is_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float))
 
 
-def _cache_value_ok(kind: str, value: Any) -> bool:
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "count":
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    if kind == "seconds>0":
-        return isinstance(value, int) and not isinstance(value, bool) and value > 0
-    return _is_number(value) and value >= 0
-
-
 def _check_cache(raw: dict[str, Any]) -> list[CheckMessage]:
-    if "CACHE" not in raw:
-        return []
-    cache = raw["CACHE"]
-    if not isinstance(cache, dict):
-        return [
-            Error(
-                f'PERFKIT["CACHE"] must be a dict, not {type(cache).__name__}.',
-                hint='Write PERFKIT["CACHE"] = {"DEFAULT_TIMEOUT": 300, ...}, or leave it out.',
-                id="perfkit.E016",
-            )
-        ]
-    errors: list[CheckMessage] = []
-    for key in cache:
-        if key not in CACHE_DEFAULTS:
-            close = difflib.get_close_matches(str(key), list(CACHE_DEFAULTS), n=1)
-            errors.append(
-                Warning(
-                    f'PERFKIT["CACHE"] has an unknown key "{key}".',
-                    hint=f'Did you mean "{close[0]}"?'
-                    if close
-                    else "See the configuration reference for the keys of CACHE.",
-                    id="perfkit.W006",
-                )
-            )
-    for key, (kind, example) in _CACHE_KINDS.items():
-        if key in cache and not _cache_value_ok(kind, cache[key]):
-            what = {
-                "bool": "True or False",
-                "count": "a whole number >= 0",
-                "seconds>0": "a whole number of seconds > 0",
-                "seconds": "a number >= 0",
-            }[kind]
-            errors.append(
-                Error(
-                    f'PERFKIT["CACHE"]["{key}"] must be {what}, not {cache[key]!r}.',
-                    hint=f'Write for example PERFKIT["CACHE"]["{key}"] = {example}.',
-                    id="perfkit.E016",
-                )
-            )
+    cache, errors = _check_section(
+        raw,
+        "CACHE",
+        CACHE_DEFAULTS,
+        _CACHE_KINDS,
+        "perfkit.E016",
+        "perfkit.W006",
+        '{"DEFAULT_TIMEOUT": 300, ...}',
+    )
+    if cache is None:
+        return errors
     models = cache.get("MODELS", {})
     if not isinstance(models, dict):
         errors.append(
@@ -485,35 +518,25 @@ def _check_cached_model(label: Any, timeout: Any) -> list[CheckMessage]:
 _ALLOWLIST_KEYS = ("relation", "location", "fingerprint", "model")
 
 
+_QUERY_GUARD_KINDS: dict[str, tuple[str, str]] = {"UNUSED_PREFETCHES": ("bool", "True")}
+
+
 def _check_query_guard(raw: dict[str, Any]) -> list[CheckMessage]:
-    if "QUERY_GUARD" not in raw:
-        return []
-    guard = raw["QUERY_GUARD"]
-    if not isinstance(guard, dict):
-        return [
-            Error(
-                f'PERFKIT["QUERY_GUARD"] must be a dict, not {type(guard).__name__}.',
-                hint='Write PERFKIT["QUERY_GUARD"] = {"MODE": "log", ...}, or leave it out.',
-                id="perfkit.E018",
-            )
-        ]
-    errors: list[CheckMessage] = []
+    guard, errors = _check_section(
+        raw,
+        "QUERY_GUARD",
+        QUERY_GUARD_DEFAULTS,
+        _QUERY_GUARD_KINDS,
+        "perfkit.E018",
+        "perfkit.W007",
+        '{"MODE": "log", ...}',
+    )
+    if guard is None:
+        return errors
 
     def error(message: str, hint: str) -> None:
         errors.append(Error(f'PERFKIT["QUERY_GUARD"]{message}', hint=hint, id="perfkit.E018"))
 
-    for key in guard:
-        if key not in QUERY_GUARD_DEFAULTS:
-            close = difflib.get_close_matches(str(key), list(QUERY_GUARD_DEFAULTS), n=1)
-            errors.append(
-                Warning(
-                    f'PERFKIT["QUERY_GUARD"] has an unknown key "{key}".',
-                    hint=f'Did you mean "{close[0]}"?'
-                    if close
-                    else "See the configuration reference for the keys of QUERY_GUARD.",
-                    id="perfkit.W007",
-                )
-            )
     mode = guard.get("MODE")
     if mode is not None and mode not in QUERY_GUARD_MODES:
         error(
@@ -536,8 +559,6 @@ def _check_query_guard(raw: dict[str, Any]) -> list[CheckMessage]:
                 f'["{key}"] must be a whole number >= 0 or None, not {value!r}.',
                 f'Write for example PERFKIT["QUERY_GUARD"]["{key}"] = 50, or None for no budget.',
             )
-    if not isinstance(guard.get("UNUSED_PREFETCHES", True), bool):
-        error('["UNUSED_PREFETCHES"] must be True or False.', "Write True or False.")
     allowlist = guard.get("ALLOWLIST", [])
     example = '[{"relation": "news.Article.author", "location": "news/views.py:*"}]'
     if not isinstance(allowlist, (list, tuple)):
@@ -565,62 +586,24 @@ _PROFILER_KINDS: dict[str, tuple[str, str]] = {
     "SLOW_KEEP": ("count", "200"),
     "INTERVAL": ("seconds>0", "0.001"),
     "MAX_PROFILES": ("count", "50"),
-    "TTL": ("count>0", "3600"),
+    "TTL": ("whole-seconds>0", "3600"),
     "MIN_INTERVAL": ("seconds", "10"),
-    "TOKEN_MAX_TTL": ("count>0", "86400"),
+    "TOKEN_MAX_TTL": ("whole-seconds>0", "86400"),
 }
 
 
 def _check_profiler(raw: dict[str, Any]) -> list[CheckMessage]:
-    if "PROFILER" not in raw:
-        return []
-    profiler = raw["PROFILER"]
-    if not isinstance(profiler, dict):
-        return [
-            Error(
-                f'PERFKIT["PROFILER"] must be a dict, not {type(profiler).__name__}.',
-                hint='Write PERFKIT["PROFILER"] = {"SLOW_REQUEST_MS": 1000, ...}, or leave it out.',
-                id="perfkit.E019",
-            )
-        ]
-    errors: list[CheckMessage] = []
-    for key in profiler:
-        if key not in PROFILER_DEFAULTS:
-            close = difflib.get_close_matches(str(key), list(PROFILER_DEFAULTS), n=1)
-            errors.append(
-                Warning(
-                    f'PERFKIT["PROFILER"] has an unknown key "{key}".',
-                    hint=f'Did you mean "{close[0]}"?'
-                    if close
-                    else "See the configuration reference for the keys of PROFILER.",
-                    id="perfkit.W008",
-                )
-            )
-    for key, (kind, example) in _PROFILER_KINDS.items():
-        if key not in profiler:
-            continue
-        value = profiler[key]
-        whole = isinstance(value, int) and not isinstance(value, bool)
-        ok = {
-            "count": whole and value >= 0,
-            "count>0": whole and value > 0,
-            "seconds": _is_number(value) and value >= 0,
-            "seconds>0": _is_number(value) and value > 0,
-        }[kind]
-        if not ok:
-            what = {
-                "count": "a whole number >= 0",
-                "count>0": "a whole number > 0",
-                "seconds": "a number of seconds >= 0",
-                "seconds>0": "a number of seconds > 0",
-            }[kind]
-            errors.append(
-                Error(
-                    f'PERFKIT["PROFILER"]["{key}"] must be {what}, not {value!r}.',
-                    hint=f'Write for example PERFKIT["PROFILER"]["{key}"] = {example}.',
-                    id="perfkit.E019",
-                )
-            )
+    profiler, errors = _check_section(
+        raw,
+        "PROFILER",
+        PROFILER_DEFAULTS,
+        _PROFILER_KINDS,
+        "perfkit.E019",
+        "perfkit.W008",
+        '{"SLOW_REQUEST_MS": 1000, ...}',
+    )
+    if profiler is None:
+        return errors
     header = profiler.get("HEADER", "")
     if not isinstance(header, str) or (header and not _HEADER_NAME.match(header)):
         errors.append(
@@ -636,56 +619,22 @@ def _check_profiler(raw: dict[str, Any]) -> list[CheckMessage]:
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 
 
+_FLEET_KINDS: dict[str, tuple[str, str]] = {
+    "ENABLED": ("bool", "True"),
+    "WINDOW_MINUTES": ("count>0", "60"),
+    "MAX_ROUTES": ("count>0", "500"),
+    "FLUSH_INTERVAL": ("seconds>0", "1.0"),
+}
+
+
 def _check_fleet(raw: dict[str, Any]) -> list[CheckMessage]:
-    if "FLEET" not in raw:
-        return []
-    fleet = raw["FLEET"]
-    if not isinstance(fleet, dict):
-        return [
-            Error(
-                f'PERFKIT["FLEET"] must be a dict, not {type(fleet).__name__}.',
-                hint='Write PERFKIT["FLEET"] = {"WINDOW_MINUTES": 60, ...}, or leave it out.',
-                id="perfkit.E020",
-            )
-        ]
-    errors: list[CheckMessage] = []
-    for key in fleet:
-        if key not in FLEET_DEFAULTS:
-            close = difflib.get_close_matches(str(key), list(FLEET_DEFAULTS), n=1)
-            errors.append(
-                Warning(
-                    f'PERFKIT["FLEET"] has an unknown key "{key}".',
-                    hint=f'Did you mean "{close[0]}"?'
-                    if close
-                    else "See the configuration reference for the keys of FLEET.",
-                    id="perfkit.W009",
-                )
-            )
-    wanted: dict[str, tuple[str, Callable[[Any], bool], str]] = {
-        "ENABLED": ("True or False", _is_bool, "True"),
-        "WINDOW_MINUTES": ("a whole number > 0", _whole_positive, "60"),
-        "MAX_ROUTES": ("a whole number > 0", _whole_positive, "500"),
-        "FLUSH_INTERVAL": ("a number of seconds > 0", _positive_number, "1.0"),
-    }
-    for key, (what, ok, example) in wanted.items():
-        if key in fleet and not ok(fleet[key]):
-            errors.append(
-                Error(
-                    f'PERFKIT["FLEET"]["{key}"] must be {what}, not {fleet[key]!r}.',
-                    hint=f'Write for example PERFKIT["FLEET"]["{key}"] = {example}.',
-                    id="perfkit.E020",
-                )
-            )
+    _, errors = _check_section(
+        raw,
+        "FLEET",
+        FLEET_DEFAULTS,
+        _FLEET_KINDS,
+        "perfkit.E020",
+        "perfkit.W009",
+        '{"WINDOW_MINUTES": 60, ...}',
+    )
     return errors
-
-
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
-def _positive_number(value: Any) -> bool:
-    return _is_number(value) and value > 0
-
-
-def _whole_positive(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
