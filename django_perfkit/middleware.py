@@ -9,6 +9,7 @@ runs without a thread hop.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from contextvars import Token
 from typing import Any
@@ -126,6 +127,7 @@ class PerfkitMiddleware:
         limited = enforce(request)
         if limited is None and hasattr(request, "_perfkit_profile_pending"):
             _start_staff_profile(request, "disabled")
+        _mark_view_start()
         return limited
 
     async def _aprocess_view(
@@ -135,6 +137,7 @@ class PerfkitMiddleware:
         if limited is None and hasattr(request, "_perfkit_profile_pending"):
             await sync_to_async(_load_user)(request)
             _start_staff_profile(request, "enabled")
+        _mark_view_start()
         return limited
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> Any:
@@ -165,6 +168,12 @@ class PerfkitMiddleware:
                 logger.exception("perfkit: reporter %r failed", reporter)
         if record.after_response:
             record.run_after_response()
+
+
+def _mark_view_start() -> None:
+    record = _current.get()
+    if record is not None:
+        record.view_started = time.perf_counter()
 
 
 def _load_user(request: HttpRequest) -> None:

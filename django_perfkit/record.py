@@ -183,6 +183,8 @@ class RequestRecord:
     unused_prefetches: list[UnusedPrefetch] = field(default_factory=list)
     #: The id of this request's pyinstrument profile, when one was taken and kept.
     profile_id: str | None = None
+    #: ``perf_counter()`` when the view was about to run (the middleware's process_view).
+    view_started: float | None = None
 
     @property
     def duration(self) -> float:

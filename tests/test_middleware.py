@@ -185,3 +185,29 @@ def test_label_cannot_inject_header_syntax() -> None:
     header = PerfkitMiddleware(view)(RequestFactory().get("/"))["Server-Timing"]
     # The label is one token; no extra entry, no second "dur".
     assert set(parse(header)) == {"x--dur-999--evil", "total"}
+
+
+@pytest.mark.django_db
+def test_server_timing_names_duplicates_the_view_and_the_rate_limit(client: Client) -> None:
+    from django_perfkit.record import RatelimitDecision
+
+    def view(request: HttpRequest) -> HttpResponse:
+        record = current_record()
+        assert record is not None
+        User.objects.filter(username="a").exists()
+        User.objects.filter(username="a").exists()  # the same again
+        record.ratelimits.append(RatelimitDecision("login", False, 5, 3, "sliding", False))
+        return HttpResponse("ok")
+
+    mw = PerfkitMiddleware(view)
+    request = RequestFactory().get("/x")
+    mw.process_view(request, view, (), {})  # outside a request: no record, no effect
+    entries = parse(mw(request)["Server-Timing"])
+    assert entries["db"].endswith('desc="2 queries (1 duplicate)"')
+    assert entries["ratelimit"] == 'ratelimit;desc="login: 3/5 left"'
+    assert "view" not in entries  # process_view ran outside the request here
+    # Through Django's handler, process_view runs inside the request: a view entry.
+    header = client.get("/articles/")["Server-Timing"]
+    view = re.search(r"\bview;dur=([0-9.]+)", header)
+    total = re.search(r"\btotal;dur=([0-9.]+)", header)
+    assert view and total and 0 < float(view.group(1)) <= float(total.group(1))

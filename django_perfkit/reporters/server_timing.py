@@ -50,7 +50,12 @@ def build_header(record: RequestRecord) -> str:
     db = record.db
     if db.count:
         noun = "query" if db.count == 1 else "queries"
-        entries.append(f"db;dur={db.time * 1000:.2f};desc={_desc(f'{db.count} {noun}')}")
+        text = f"{db.count} {noun}"
+        duplicates = db.duplicates
+        if duplicates:
+            # No comma: naive Server-Timing parsers split entries on commas.
+            text += f" ({duplicates} duplicate" + (")" if duplicates == 1 else "s)")
+        entries.append(f"db;dur={db.time * 1000:.2f};desc={_desc(text)}")
     cache = record.cache
     if cache.hits or cache.misses or cache.recomputes:
         hits = "hit" if cache.hits == 1 else "hits"
@@ -69,6 +74,16 @@ def build_header(record: RequestRecord) -> str:
             )
         else:
             entries.append(f"{name};dur={section.time * 1000:.2f}")
+    if record.ratelimits:
+        # The last check decided: "login: 3/5 left" or "login: limited".
+        last = record.ratelimits[-1]
+        state = "limited" if last.limited else f"{last.remaining}/{last.limit} left"
+        entries.append(f"ratelimit;desc={_desc(f'{last.group}: {state}')}")
+    if record.view_started is not None and record.finished is not None:
+        # From the view's start (after the other middleware's request phase)
+        # to the response's return here: view, template rendering and the
+        # middleware's response phase.
+        entries.append(f"view;dur={(record.finished - record.view_started) * 1000:.2f}")
     if record.profile_id:
         entries.append(f"profile;desc={_desc(record.profile_id)}")
     if record.redis_failures:
