@@ -27,11 +27,13 @@ E017      ``CACHE["MODELS"]`` names a model that does not exist
 E018      ``QUERY_GUARD`` is not a dict, or one of its values is of the wrong kind
 E019      ``PROFILER`` is not a dict, or one of its values is of the wrong kind
 E020      ``FLEET`` is not a dict, or one of its values is of the wrong kind
+E021      ``INDEXES`` is not a dict, or one of its values is of the wrong kind
 W005      ``CACHE["MODELS"]`` names a model whose managers have no ``.cache()``
 W006      ``CACHE`` has a key perfkit does not know (a typo?)
 W007      ``QUERY_GUARD`` has a key perfkit does not know (a typo?)
 W008      ``PROFILER`` has a key perfkit does not know (a typo?)
 W009      ``FLEET`` has a key perfkit does not know (a typo?)
+W010      ``INDEXES`` has a key perfkit does not know (a typo?)
 W001      ``PERFKIT`` has a key perfkit does not know (a typo?)
 W002      ``PerfkitMiddleware`` is not in ``MIDDLEWARE``
 W003      ``PerfkitMiddleware`` is not first in ``MIDDLEWARE``
@@ -56,6 +58,7 @@ from django_perfkit.conf import (
     CACHE_DEFAULTS,
     DEFAULTS,
     FLEET_DEFAULTS,
+    INDEXES_DEFAULTS,
     PROFILER_DEFAULTS,
     QUERY_GUARD_DEFAULTS,
     QUERY_GUARD_MODES,
@@ -160,6 +163,7 @@ def check_settings(
     errors += _check_query_guard(raw)
     errors += _check_profiler(raw)
     errors += _check_fleet(raw)
+    errors += _check_indexes(raw)
 
     prefix = raw.get("KEY_PREFIX", DEFAULTS["KEY_PREFIX"])
     if not isinstance(prefix, str) or not prefix or any(c in prefix for c in " {}\t\n"):
@@ -636,5 +640,25 @@ def _check_fleet(raw: dict[str, Any]) -> list[CheckMessage]:
         "perfkit.E020",
         "perfkit.W009",
         '{"WINDOW_MINUTES": 60, ...}',
+    )
+    return errors
+
+
+_INDEXES_KINDS: dict[str, tuple[str, str]] = {
+    "ENABLED": ("bool", "True"),
+    "EXPLAIN_MS": ("seconds", "100"),
+    "MIN_ROWS": ("count", "10000"),
+}
+
+
+def _check_indexes(raw: dict[str, Any]) -> list[CheckMessage]:
+    _, errors = _check_section(
+        raw,
+        "INDEXES",
+        INDEXES_DEFAULTS,
+        _INDEXES_KINDS,
+        "perfkit.E021",
+        "perfkit.W010",
+        '{"EXPLAIN_MS": 100, ...}',
     )
     return errors

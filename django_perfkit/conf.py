@@ -62,7 +62,43 @@ DEFAULTS: Final[dict[str, Any]] = {
     "PROFILER": {},
     # Fleet stats (per route, per server, per minute, in Redis): see FLEET_DEFAULTS
     "FLEET": {},
+    # Index advisor (EXPLAIN of slow queries): see INDEXES_DEFAULTS
+    "INDEXES": {},
 }
+
+#: Every ``PERFKIT["INDEXES"]`` key with its default.
+INDEXES_DEFAULTS: Final[dict[str, Any]] = {
+    # EXPLAIN (never ANALYZE) each distinct query shape that took this long, once.
+    "ENABLED": True,
+    "EXPLAIN_MS": 100,
+    # A sequential scan is only worth an index on a table of at least this many rows.
+    "MIN_ROWS": 10_000,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class IndexesSettings:
+    """The resolved ``PERFKIT["INDEXES"]`` settings."""
+
+    enabled: bool
+    explain_ms: float
+    min_rows: int
+
+
+def _indexes_settings(raw: Any) -> IndexesSettings:
+    if not isinstance(raw, dict):
+        raw = {}
+    enabled = raw.get("ENABLED", True)
+    explain_ms = raw.get("EXPLAIN_MS", 100)
+    min_rows = raw.get("MIN_ROWS", 10_000)
+    number = isinstance(explain_ms, (int, float)) and not isinstance(explain_ms, bool)
+    whole = isinstance(min_rows, int) and not isinstance(min_rows, bool)
+    return IndexesSettings(
+        enabled=enabled if isinstance(enabled, bool) else True,
+        explain_ms=float(explain_ms) if number and explain_ms >= 0 else 100.0,
+        min_rows=min_rows if whole and min_rows >= 0 else 10_000,
+    )
+
 
 #: Every ``PERFKIT["FLEET"]`` key with its default.
 FLEET_DEFAULTS: Final[dict[str, Any]] = {
@@ -341,6 +377,7 @@ class PerfkitSettings:
     query_guard: QueryGuardSettings
     profiler: ProfilerSettings
     fleet: FleetSettings
+    indexes: IndexesSettings
     #: True when the project set ``REDIS_CACHE_ALIAS`` itself (the checks are
     #: stricter about an explicit alias than about the default one).
     redis_alias_explicit: bool
@@ -398,6 +435,9 @@ def get_settings() -> PerfkitSettings:
             continue
         if name == "FLEET":
             values["fleet"] = _fleet_settings(raw.get(name))
+            continue
+        if name == "INDEXES":
+            values["indexes"] = _indexes_settings(raw.get(name))
             continue
         values[name.lower()] = _coerce(name, raw.get(name, default), default)
     values["redis_alias_explicit"] = "REDIS_CACHE_ALIAS" in raw

@@ -70,6 +70,7 @@ class PerfkitMiddleware:
         if not settings.enabled:
             return self.get_response(request)
         record = RequestRecord(method=request.method or "", path=request.path)
+        _inherit(record)
         guard_mode = _open_guard(record, settings)
         profile = start_for_caller(request, "disabled") if settings.profiler.header else None
         token = _current.set(record)
@@ -94,6 +95,7 @@ class PerfkitMiddleware:
         if not settings.enabled:
             return await get_response(request)
         record = RequestRecord(method=request.method or "", path=request.path)
+        _inherit(record)
         guard_mode = _open_guard(record, settings)
         # "enabled": pyinstrument follows this request's task across awaits,
         # not the other tasks the loop runs meanwhile.
@@ -168,6 +170,15 @@ class PerfkitMiddleware:
                 logger.exception("perfkit: reporter %r failed", reporter)
         if record.after_response:
             record.run_after_response()
+
+
+def _inherit(record: RequestRecord) -> None:
+    # A request served inside capture(explain=True) (the test client under
+    # pytest --perfkit-explain) explains its queries too. Never so in
+    # production, where no record is open around a request.
+    outer = _current.get()
+    if outer is not None and outer.explain:
+        record.explain = True
 
 
 def _mark_view_start() -> None:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from django_perfkit.queries.guard import Guard, NPlusOne, UnusedPrefetch
+    from django_perfkit.queries.indexes import IndexAdvice
 
 __all__ = [
     "CacheStats",
@@ -185,6 +186,10 @@ class RequestRecord:
     profile_id: str | None = None
     #: ``perf_counter()`` when the view was about to run (the middleware's process_view).
     view_started: float | None = None
+    #: EXPLAIN every SELECT (``capture(explain=True)``), not only the slow ones.
+    explain: bool = False
+    #: Index advice for this record's queries (one per query shape).
+    index_advice: list[IndexAdvice] = field(default_factory=list)
 
     @property
     def duration(self) -> float:
@@ -224,6 +229,7 @@ class RequestRecord:
         self.ratelimits.extend(inner.ratelimits)
         self.nplusone.extend(inner.nplusone)
         self.unused_prefetches.extend(inner.unused_prefetches)
+        self.index_advice.extend(inner.index_advice)
         self.redis_failures += inner.redis_failures
         self.errors.extend(inner.errors)
         if inner.after_response:

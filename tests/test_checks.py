@@ -342,3 +342,18 @@ def test_fleet_settings_checks(fleet: Any, expected: list[str]) -> None:
 def test_good_fleet_settings_pass() -> None:
     fleet = {"ENABLED": True, "WINDOW_MINUTES": 30, "FLUSH_INTERVAL": 0.5, "MAX_ROUTES": 100}
     assert ids({"FLEET": fleet}) == []
+
+
+@pytest.mark.parametrize(
+    ("indexes", "expected"),
+    [
+        ("on", ["perfkit.E021"]),
+        ({"EXPLAIN_MS": -1}, ["perfkit.E021"]),
+        ({"MIN_ROWS": 1.5}, ["perfkit.E021"]),
+        ({"ENABLED": 1}, ["perfkit.E021"]),
+        ({"EXPLAIN": 100}, ["perfkit.W010"]),
+    ],
+)
+def test_indexes_settings_checks(indexes: Any, expected: list[str]) -> None:
+    assert ids({"INDEXES": indexes}) == expected
+    assert ids({"INDEXES": {"ENABLED": False, "EXPLAIN_MS": 0, "MIN_ROWS": 0}}) == []

@@ -317,3 +317,47 @@ def test_allowlist_entries_that_matched_nothing_are_listed(tmp_path: Path) -> No
     assert "1 QUERY_GUARD['ALLOWLIST'] entries matched no finding" in text
     assert "{'relation': 'guardapp.Nothing.*'}" in text
     assert "'guardapp.Writer.publisher'" not in text
+
+
+EXPLAINED = """
+import pytest
+from django.db import connection
+
+from tests.guardapp.models import Event
+
+
+@pytest.fixture
+def many_events():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO guardapp_event (name, kind, happened, is_public) "
+            "SELECT 'n' || g, g % 5, now(), true FROM generate_series(1, 30000) g"
+        )
+        cursor.execute("ANALYZE guardapp_event")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_unindexed_filter(many_events):
+    assert not Event.objects.filter(name="nobody").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_key_lookup(many_events):
+    assert Event.objects.filter(pk=1).exists() in (True, False)
+"""
+
+
+@pytest.mark.skipif(
+    __import__("django.db").db.connection.vendor != "postgresql", reason="EXPLAIN on PostgreSQL"
+)
+def test_perfkit_explain_fails_or_reports_tests_with_index_advice(tmp_path: Path) -> None:
+    (tmp_path / "test_explained.py").write_text(EXPLAINED)
+    text = _run_inner(tmp_path, "--perfkit-explain=fail")
+    assert "1 failed, 1 passed" in text, text
+    assert "FAILED test_explained.py::test_unindexed_filter" in text
+    assert "missing index: guardapp.Event" in text
+    assert 'fix: add models.Index(fields=["name"]' in text
+    text = _run_inner(tmp_path, "--perfkit-explain=report")
+    assert "2 passed" in text, text
+    assert "perfkit: index advice in 1 tests:" in text
+    assert "test_explained.py::test_unindexed_filter" in text

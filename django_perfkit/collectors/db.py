@@ -173,6 +173,35 @@ class QueryCollector:
                 )
             else:
                 stats.dropped += 1
+            if (
+                not failed
+                and not many
+                and (record.explain or duration >= settings_explain(settings))
+            ):
+                _advise(record, context["connection"], sql, params, site)
+
+
+def settings_explain(settings: Any) -> float:
+    """Seconds a query must take to be explained (infinite when the advisor is off)."""
+    indexes = settings.indexes
+    return indexes.explain_ms / 1000 if indexes.enabled else float("inf")
+
+
+def _advise(record: Any, connection: Any, sql: str, params: Any, site: Any) -> None:
+    head = sql.lstrip()[:6].upper()
+    if head != "SELECT" or connection.vendor != "postgresql":
+        return
+    from django_perfkit.queries.fingerprint import fingerprint
+    from django_perfkit.queries.indexes import explain_after
+
+    shape = fingerprint(sql)
+    try:
+        advice = explain_after(connection, sql, params, site or find_site(3), shape)
+    except Exception as exc:  # never the query's problem
+        record.errors.append(f"index advisor: {exc!r}")
+        return
+    seen = {item.fingerprint for item in record.index_advice}
+    record.index_advice.extend(item for item in advice if item.fingerprint not in seen)
 
 
 collector = QueryCollector()

@@ -57,6 +57,7 @@ def summarise(record: RequestRecord) -> dict[str, Any]:
         },
         "ratelimited": any(decision.limited for decision in record.ratelimits),
         "nplusone": len(record.nplusone),
+        "index_advice": [advice.suggestion for advice in record.index_advice],
         "profile_id": record.profile_id,
         "slowest_queries": [
             {

@@ -21,8 +21,10 @@ from django_perfkit.queries.budget import (
 from django_perfkit.queries.capture import QueryReport, capture
 from django_perfkit.queries.fingerprint import fingerprint
 from django_perfkit.queries.guard import NPlusOne, UnusedPrefetch
+from django_perfkit.queries.indexes import IndexAdvice
 
 __all__ = [
+    "IndexAdvice",
     "NPlusOne",
     "NPlusOneDetected",
     "QueryBudgetExceeded",

@@ -22,6 +22,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django_perfkit.conf import get_settings
 from django_perfkit.queries.fingerprint import fingerprint
 from django_perfkit.queries.guard import Guard, NPlusOne, UnusedPrefetch
+from django_perfkit.queries.indexes import IndexAdvice
 from django_perfkit.record import QueryRecord, RequestRecord, _current
 
 __all__ = ["QueryReport", "capture"]
@@ -63,6 +64,11 @@ class QueryReport:
         return self._record.unused_prefetches
 
     @property
+    def index_advice(self) -> list[IndexAdvice]:
+        """Indexes that would serve queries the plans answer with sequential scans."""
+        return self._record.index_advice
+
+    @property
     def dropped(self) -> int:
         """Queries counted but not kept in detail (beyond ``MAX_QUERIES_RECORDED``)."""
         return self._record.db.dropped
@@ -87,11 +93,15 @@ class QueryReport:
             lines.append(textwrap.indent(str(finding), "  "))
         for unused in self.unused_prefetches:
             lines.append(f"  {unused}")
+        for advice in self.index_advice:
+            lines.append(textwrap.indent(str(advice), "  "))
         return "\n".join(lines)
 
 
 @contextmanager
-def capture(*, nplusone: bool = True, threshold: int | None = None) -> Iterator[QueryReport]:
+def capture(
+    *, nplusone: bool = True, threshold: int | None = None, explain: bool = False
+) -> Iterator[QueryReport]:
     """Collect the queries of a block, and find its N+1s::
 
         with capture() as report:
@@ -101,7 +111,9 @@ def capture(*, nplusone: bool = True, threshold: int | None = None) -> Iterator[
 
     ``nplusone=False`` only counts (no stack walk per query, no QuerySet
     wrapping). ``threshold`` overrides ``QUERY_GUARD["NPLUSONE_THRESHOLD"]``:
-    how many repeats make a finding (at least 2).
+    how many repeats make a finding (at least 2). ``explain=True`` runs the
+    index advisor on every ``SELECT`` shape (on PostgreSQL), not only the
+    slow ones: ``report.index_advice``.
 
     Needs the query collector (``PERFKIT["COLLECT_QUERIES"]``, on by default)
     and ``django_perfkit`` in ``INSTALLED_APPS`` (which installs it).
@@ -114,6 +126,7 @@ def capture(*, nplusone: bool = True, threshold: int | None = None) -> Iterator[
         )
     outer = _current.get()
     record = RequestRecord()
+    record.explain = explain
     if nplusone:
         limit = settings.query_guard.nplusone_threshold if threshold is None else threshold
         record.guard = Guard(limit).open()

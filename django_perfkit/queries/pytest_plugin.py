@@ -18,6 +18,10 @@ django-perfkit is installed; it does nothing to a test that does not ask:
   that the guard has to catch). ``QUERY_GUARD["ALLOWLIST"]`` entries that
   matched nothing in the run are listed at the end.
 
+* ``--perfkit-explain=fail`` fails every test whose queries get index advice
+  (on PostgreSQL: every query shape is explained); ``=report`` lists the
+  advice at the end of the run.
+
 Works with ``pytest-xdist``: workers send what they recorded and what
 improved to the controller, which writes the file and prints the summary.
 """
@@ -49,6 +53,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write the query counts of the tests that pass to --perfkit-budgets instead",
     )
     group.addoption(
+        "--perfkit-explain",
+        choices=("fail", "report", "off"),
+        default="off",
+        help="EXPLAIN every query shape (PostgreSQL): fail the tests with index advice, "
+        "or list the advice at the end (default: off)",
+    )
+    group.addoption(
         "--perfkit-nplusone",
         choices=("fail", "warn", "off"),
         default="off",
@@ -73,6 +84,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if path:
         config.stash[_BUDGETS] = Budgets(Path(path), config.getoption("perfkit_record"))
     config.stash[_NPLUSONE] = config.getoption("perfkit_nplusone", "off") or "off"
+    config.stash[_EXPLAIN] = config.getoption("perfkit_explain", "off") or "off"
+    config.stash[_ADVICE] = []
 
 
 # Transaction control: how many of these run depends on how the test database
@@ -145,6 +158,9 @@ class Budgets:
 
 _BUDGETS = pytest.StashKey[Budgets]()
 _NPLUSONE = pytest.StashKey[str]()
+_EXPLAIN = pytest.StashKey[str]()
+#: (test id, advice text) found under --perfkit-explain=report.
+_ADVICE = pytest.StashKey[list[tuple[str, str]]]()
 _WORKER_UNMATCHED = pytest.StashKey[set[int]]()
 
 
@@ -187,6 +203,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             )
         if config.stash.get(_NPLUSONE, "off") != "off":
             output["perfkit_unmatched"] = json.dumps(_unmatched_indexes())
+        if config.stash.get(_ADVICE, None):
+            output["perfkit_advice"] = json.dumps(config.stash[_ADVICE])
         return
     if budgets is not None and budgets.recording:
         budgets.write()
@@ -202,6 +220,8 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         sent = json.loads(output["perfkit_budgets"])
         budgets.known.update(sent["recorded"])
         budgets.improved.extend(tuple(item) for item in sent["improved"])
+    if "perfkit_advice" in output and _ADVICE in config.stash:
+        config.stash[_ADVICE].extend(tuple(item) for item in json.loads(output["perfkit_advice"]))
     if "perfkit_unmatched" in output:
         seen = config.stash.get(_WORKER_UNMATCHED, None)
         mine = set(json.loads(output["perfkit_unmatched"]))
@@ -222,6 +242,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     if config.stash.get(_NPLUSONE, "off") != "off":
         _report_unmatched(terminalreporter, config)
+    advice = config.stash.get(_ADVICE, [])
+    if advice:
+        terminalreporter.write_line(f"perfkit: index advice in {len(advice)} tests:")
+        for nodeid, text in advice:
+            terminalreporter.write_line(f"  {nodeid}")
+            terminalreporter.write_line("    " + text.replace("\n", "\n    "))
     budgets = config.stash.get(_BUDGETS, None)
     if budgets is None:
         return
@@ -256,11 +282,12 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     if budgets is not None and not budgets.recording and item.nodeid not in budgets.known:
         budgets = None  # no entry: not checked, and run exactly as without the plugin
     nplusone = item.config.stash.get(_NPLUSONE, "off")
-    if budget is None and budgets is None and nplusone == "off":
+    explain = item.config.stash.get(_EXPLAIN, "off")
+    if budget is None and budgets is None and nplusone == "off" and explain == "off":
         return (yield)
     from django_perfkit.queries import capture
 
-    with capture(nplusone=nplusone != "off") as report:
+    with capture(nplusone=nplusone != "off", explain=explain != "off") as report:
         result = yield  # a failing test raises here, and fails as itself
     if budget is not None and report.count > budget:
         pytest.fail(f"query budget exceeded: {report.count} > {budget}\n{report}", pytrace=False)
@@ -268,6 +295,11 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
         budgets.check(item.nodeid, report)
     if nplusone != "off":
         _check_nplusone(item, report, nplusone)
+    if explain != "off" and report.index_advice:
+        text = "\n".join(str(advice) for advice in report.index_advice)
+        if explain == "fail":
+            pytest.fail(f"perfkit: index advice for this test's queries:\n{text}", pytrace=False)
+        item.config.stash[_ADVICE].append((item.nodeid, text))
     return result
 
 

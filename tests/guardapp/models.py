@@ -38,3 +38,12 @@ class Note(models.Model):
     object_id = models.PositiveIntegerField()
     target = GenericForeignKey("content_type", "object_id")
     text = models.CharField(max_length=50)
+
+
+class Event(models.Model):
+    """A table the index advisor tests fill with 50,000 rows: no index but the key."""
+
+    name = models.CharField(max_length=50)
+    kind = models.IntegerField()
+    happened = models.DateTimeField()
+    is_public = models.BooleanField(default=True)
