@@ -83,6 +83,8 @@ class IndexesSettings:
     enabled: bool
     explain_ms: float
     min_rows: int
+    #: What the collector compares each query's duration with (inf when off).
+    explain_seconds: float
 
 
 def _indexes_settings(raw: Any) -> IndexesSettings:
@@ -93,10 +95,13 @@ def _indexes_settings(raw: Any) -> IndexesSettings:
     min_rows = raw.get("MIN_ROWS", 10_000)
     number = isinstance(explain_ms, (int, float)) and not isinstance(explain_ms, bool)
     whole = isinstance(min_rows, int) and not isinstance(min_rows, bool)
+    on = enabled if isinstance(enabled, bool) else True
+    ms = float(explain_ms) if number and explain_ms >= 0 else 100.0
     return IndexesSettings(
-        enabled=enabled if isinstance(enabled, bool) else True,
-        explain_ms=float(explain_ms) if number and explain_ms >= 0 else 100.0,
+        enabled=on,
+        explain_ms=ms,
         min_rows=min_rows if whole and min_rows >= 0 else 10_000,
+        explain_seconds=ms / 1000 if on else float("inf"),
     )
 
 
