@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
@@ -133,3 +134,39 @@ def test_requests_inside_an_explaining_capture_are_explained(events: None, clien
     with capture(explain=True) as report:
         PerfkitMiddleware(view)(RequestFactory().get("/"))
     assert [a.fields for a in report.index_advice] == [["name"]]
+
+
+def test_perfkit_indexes_lists_scanned_tables_and_unused_indexes(events: None) -> None:
+    import json
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE INDEX guardapp_event_kind_unused ON guardapp_event (is_public)")
+    try:
+        for _ in range(3):
+            list(Event.objects.filter(name="nobody"))  # sequential scans
+        # The statistics collector reports with a delay: wait for the scans to show.
+        deadline = time.monotonic() + 10
+        report: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_stat_clear_snapshot()")
+            out = StringIO()
+            call_command("perfkit_indexes", "--json", "--min-rows", "1000", stdout=out)
+            report = json.loads(out.getvalue())
+            if any(row["table"] == "guardapp_event" for row in report["add"]):
+                break
+            time.sleep(0.5)
+        (event,) = [row for row in report["add"] if row["table"] == "guardapp_event"]
+        assert event["model"] == "guardapp.Event" and event["seq_scans"] >= 3
+        unused = [row["index"] for row in report["consider_dropping"]]
+        assert "guardapp_event_kind_unused" in unused
+        assert "guardapp_event_pkey" not in unused  # a primary key is never "unused"
+        text = StringIO()
+        call_command("perfkit_indexes", "--min-rows", "1000", stdout=text)
+        assert "guardapp_event (guardapp.Event)" in text.getvalue()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP INDEX IF EXISTS guardapp_event_kind_unused")
