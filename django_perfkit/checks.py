@@ -589,7 +589,7 @@ _PROFILER_KINDS: dict[str, tuple[str, str]] = {
     "SLOW_REQUEST_MS": ("count", "1000"),
     "SLOW_KEEP": ("count", "200"),
     "INTERVAL": ("seconds>0", "0.001"),
-    "MAX_PROFILES": ("count", "50"),
+    "MAX_PROFILES": ("count>0", "50"),
     "TTL": ("whole-seconds>0", "3600"),
     "MIN_INTERVAL": ("seconds", "10"),
     "TOKEN_MAX_TTL": ("whole-seconds>0", "86400"),

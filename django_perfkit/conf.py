@@ -244,11 +244,20 @@ class QueryGuardSettings:
         if self.mode is not None:
             return self.mode
         from django.conf import settings
-        from django.core import mail
 
-        # setup_test_environment() (Django's runner, pytest-django) gives the
-        # mail module an outbox: the one documented sign of running under tests.
-        return "raise" if settings.DEBUG or hasattr(mail, "outbox") else "log"
+        return "raise" if settings.DEBUG or _under_tests() else "log"
+
+
+def _under_tests() -> bool:
+    # setup_test_environment() (Django's runner, pytest-django) records what it
+    # changed on django.test.utils._TestState until teardown_test_environment().
+    # (Not mail.outbox: the locmem email backend creates that in production too.)
+    # The module is imported only if something imported it already.
+    import sys
+
+    utils = sys.modules.get("django.test.utils")
+    state = getattr(utils, "_TestState", None) if utils is not None else None
+    return state is not None and hasattr(state, "saved_data")
 
 
 def _query_guard_settings(raw: Any) -> QueryGuardSettings:

@@ -22,6 +22,7 @@ from django_perfkit.conf import PerfkitSettings, get_settings
 from django_perfkit.profiler.session import (
     AsyncMode,
     ProfileRun,
+    astart_for_caller,
     start_for_caller,
     start_for_staff,
 )
@@ -99,7 +100,7 @@ class PerfkitMiddleware:
         guard_mode = _open_guard(record, settings)
         # "enabled": pyinstrument follows this request's task across awaits,
         # not the other tasks the loop runs meanwhile.
-        profile = start_for_caller(request, "enabled") if settings.profiler.header else None
+        profile = await astart_for_caller(request) if settings.profiler.header else None
         token = _current.set(record)
         try:
             response = await get_response(request)
@@ -221,6 +222,7 @@ def _finish_profile(
 
             page = HttpResponse(render(run.payload, "html"))
             page["Cache-Control"] = "private, no-store"
+            response.close()  # a file or stream the page replaces must be closed
             response = page
         if profile_id is not None:
             record.profile_id = profile_id
@@ -275,7 +277,7 @@ def _enforce_guard(
     report = QueryReport(record)
     guard_settings = settings.query_guard
     try:
-        budget.enforce(
+        acted = budget.enforce(
             report,
             where=f"{record.method} {record.route or record.path}",
             max_queries=guard_settings.max_queries,
@@ -284,7 +286,8 @@ def _enforce_guard(
             nplusone=mode,
         )
         if mode == "warn" and _may_see_details(request):
-            response[QUERIES_HEADER] = _header_value(budget.summary(report))
+            # The findings acted on: not the allowlisted ones.
+            response[QUERIES_HEADER] = _header_value(budget.summary(report, acted))
     except budget.QueryGuardError:
         raise  # "raise" mode: the point (a 500 with the report under DEBUG, a failing test)
     except Exception:

@@ -275,6 +275,21 @@ def record_request(record: RequestRecord | None = None) -> Iterator[RequestRecor
         rec.run_after_response()
 
 
+def _timer_span(label: str) -> Any:
+    """A ddtrace child span for a timer section, when a traced request is running."""
+    try:
+        from django_perfkit.reporters.datadog import active_tracer
+
+        tracer = active_tracer()
+        # Only under a span (the request, the view): never a root trace of its own
+        # (a management command, a Celery task without its integration).
+        if tracer is None or tracer.current_span() is None:
+            return None
+        return tracer.trace("perfkit.timer", resource=label)
+    except Exception:
+        return None
+
+
 class timer:
     """Time a custom section of a request: a context manager and a decorator.
 
@@ -306,12 +321,7 @@ class timer:
 
     def __enter__(self) -> timer:
         if "ddtrace" in sys.modules:  # a dict lookup when the project has no ddtrace
-            from django_perfkit.reporters.datadog import active_tracer
-
-            tracer = active_tracer()
-            if tracer is not None:
-                # A child span of whatever is active (the request, the view).
-                self._span = tracer.trace("perfkit.timer", resource=self.label)
+            self._span = _timer_span(self.label)
         self._start = time.perf_counter()
         return self
 
@@ -319,7 +329,10 @@ class timer:
         elapsed = time.perf_counter() - self._start
         span, self._span = self._span, None
         if span is not None:
-            span.finish()
+            try:
+                span.finish()
+            except Exception:  # a tracing problem is not the timed code's
+                logging.getLogger("django_perfkit").debug("perfkit: span.finish failed")
         rec = _current.get()
         if rec is not None:
             rec.add_section(self.label, elapsed)

@@ -37,9 +37,9 @@ import django_perfkit  # noqa: E402
 
 def traced_view(request: HttpRequest) -> HttpResponse:
     with connection.cursor() as cursor:
-        for _ in range(3):
-            cursor.execute("SELECT 1")
-        cursor.execute("SELECT 1")  # the same again: a duplicate
+        for i in range(3):
+            cursor.execute("SELECT %s", [i])  # a loop: an N+1 by shape
+        cursor.execute("SELECT %s", [2])  # the same again: a duplicate
     with django_perfkit.timer("pricing"):
         pass
     return HttpResponse("ok")

@@ -203,5 +203,8 @@ def test_pgactivity_says_what_it_needs_on_other_databases() -> None:
 @pytest.mark.django_db
 def test_pgactivity_cancel_needs_confirmation(monkeypatch: Any) -> None:
     monkeypatch.setattr("builtins.input", lambda prompt: "n")
-    with pytest.raises(CommandError, match="not confirmed"):
+    # A pid that is not a client session of this database is refused before asking.
+    with pytest.raises(CommandError, match="no client session 12345|not PostgreSQL"):
         call_command("perfkit_pgactivity", "--cancel", "12345")
+    with pytest.raises(CommandError, match="not both"):
+        call_command("perfkit_pgactivity", "--cancel", "1", "--terminate", "2")

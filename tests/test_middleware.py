@@ -204,7 +204,7 @@ def test_server_timing_names_duplicates_the_view_and_the_rate_limit(client: Clie
     mw.process_view(request, view, (), {})  # outside a request: no record, no effect
     entries = parse(mw(request)["Server-Timing"])
     assert entries["db"].endswith('desc="2 queries (1 duplicate)"')
-    assert entries["ratelimit"] == 'ratelimit;desc="login: 3/5 left"'
+    assert entries["ratelimit"] == 'ratelimit;desc="3/5 left"'  # no view name
     assert "view" not in entries  # process_view ran outside the request here
     # Through Django's handler, process_view runs inside the request: a view entry.
     header = client.get("/articles/")["Server-Timing"]

@@ -385,3 +385,13 @@ def test_one_helper_called_from_two_lines_through_library_code_is_not_an_n_plus_
         wrapped("b01")
     assert report.count == 2
     assert report.nplusone == []
+
+
+def test_the_same_query_with_the_same_values_again_is_a_duplicate_not_an_n_plus_one(
+    library: None,
+) -> None:
+    with capture() as report:
+        for _ in range(3):  # as the admin's changelist counts twice
+            Book.objects.filter(title__startswith="b").count()
+    assert report.duplicates == 2
+    assert report.nplusone == []

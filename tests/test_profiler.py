@@ -298,3 +298,19 @@ def test_slow_requests_off(settings: Any, caplog: Any) -> None:
     with caplog.at_level(logging.WARNING, logger="django_perfkit.slow"):
         PerfkitMiddleware(busy_view)(RequestFactory().get("/busy/"))
     assert not [r for r in caplog.records if r.name == "django_perfkit.slow"]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_token_profiles_an_async_view_under_asgi(settings: Any) -> None:
+    from asgiref.sync import sync_to_async
+
+    profiler(settings)
+    staff = await sync_to_async(User.objects.create_user)("async-alice", is_staff=True)
+    middleware = PerfkitMiddleware(async_busy_view)
+    token = make_token(staff, 60)
+    request = RequestFactory().get(
+        "/busy/", HTTP_X_PERFKIT_PROFILE=token, REMOTE_ADDR="203.0.113.7"
+    )
+    response = await middleware(request)
+    text = await sync_to_async(stored_functions)(response["X-Perfkit-Profile-Id"])
+    assert "marker_function_for_the_profile" in text

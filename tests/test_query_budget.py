@@ -49,16 +49,18 @@ def test_the_default_mode_is_raise_under_tests_and_debug_log_otherwise(settings:
     assert get_settings().query_guard.mode is None
     assert get_settings().query_guard.effective_mode() == "raise"  # pytest-django's test env
     from django.core import mail
+    from django.test.utils import _TestState
 
-    outbox = mail.outbox
-    del mail.outbox  # what production looks like
+    saved = _TestState.saved_data
+    del _TestState.saved_data  # what production looks like
+    mail.outbox = []  # the locmem email backend makes one in production too
     try:
         settings.DEBUG = False
         assert get_settings().query_guard.effective_mode() == "log"
         settings.DEBUG = True
         assert get_settings().query_guard.effective_mode() == "raise"
     finally:
-        mail.outbox = outbox
+        _TestState.saved_data = saved
     guard(settings, MODE="off")
     assert get_settings().query_guard.effective_mode() == "off"
 
@@ -293,3 +295,32 @@ def test_the_same_view_twice_in_one_capture_is_not_an_nplusone(
         middleware(RequestFactory().get("/"))
     assert report.count == 2
     assert report.nplusone == []
+
+
+def test_one_instance_shared_by_threads(writers: None) -> None:
+    import threading
+
+    from django.db import connections
+
+    shared = query_budget(max_queries=5, nplusone="off", mode="raise")
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def work() -> None:
+        try:
+            with shared as report:
+                barrier.wait(timeout=10)
+                optimised()
+                barrier.wait(timeout=10)
+            assert report.count == 1
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []

@@ -9,8 +9,8 @@ made in another thread (``sync_to_async``, a thread pool) still lands in the
 right record: the wrapper is on every thread's connection, and the record is
 found through the context, which asgiref copies into its threads.
 
-Call site: the first stack frame outside Django, asgiref, the standard library
-and perfkit, that is, the line in the project that made the ORM run the query.
+Call site: the first stack frame outside Django, asgiref, the standard library,
+installed packages and perfkit, that is, the line in the project that made the ORM run the query.
 Which files count as library code is decided once per file and cached, so the
 walk costs a dict lookup per frame.
 """
@@ -68,7 +68,8 @@ def _prefixes() -> tuple[str, ...]:
 
 
 def is_library_file(filename: str) -> bool:
-    """Whether ``filename`` is Django, asgiref, perfkit or the standard library."""
+    """Whether ``filename`` is Django, asgiref, perfkit, the standard library or an
+    installed package (``site-packages``)."""
     known = _library_file.get(filename)
     if known is None:
         known = filename.startswith(_prefixes()) or filename.startswith("<frozen")
@@ -187,21 +188,23 @@ def settings_explain(settings: Any) -> float:
     return indexes.explain_ms / 1000 if indexes.enabled else float("inf")
 
 
-def _advise(record: Any, connection: Any, sql: str, params: Any, site: Any) -> None:
-    head = sql.lstrip()[:6].upper()
-    if head != "SELECT" or connection.vendor != "postgresql":
-        return
-    from django_perfkit.queries.fingerprint import fingerprint
-    from django_perfkit.queries.indexes import explain_after
-
-    shape = fingerprint(sql)
+def _advise(record: Any, connection: Any, sql: Any, params: Any, site: Any) -> None:
     try:
+        # One plain SELECT: not a psycopg sql.Composed, not "SELECT ...; DELETE ..."
+        # (EXPLAIN would run the statements after the first).
+        if not isinstance(sql, str) or ";" in sql or connection.vendor != "postgresql":
+            return
+        if sql.lstrip()[:6].upper() != "SELECT":
+            return
+        from django_perfkit.queries.fingerprint import fingerprint
+        from django_perfkit.queries.indexes import explain_after
+
+        shape = fingerprint(sql)
         advice = explain_after(connection, sql, params, site or find_site(3), shape)
+        seen = {item.fingerprint for item in record.index_advice}
+        record.index_advice.extend(item for item in advice if item.fingerprint not in seen)
     except Exception as exc:  # never the query's problem
         record.errors.append(f"index advisor: {exc!r}")
-        return
-    seen = {item.fingerprint for item in record.index_advice}
-    record.index_advice.extend(item for item in advice if item.fingerprint not in seen)
 
 
 collector = QueryCollector()

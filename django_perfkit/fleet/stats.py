@@ -103,8 +103,11 @@ class Recorder:
 
     def _run(self) -> None:
         while True:
-            time.sleep(get_settings().fleet.flush_interval)
+            interval = 1.0
             with contextlib.suppress(Exception):  # the thread must not die: next flush
+                interval = get_settings().fleet.flush_interval
+            time.sleep(interval)
+            with contextlib.suppress(Exception):
                 self.flush()
 
     def flush(self) -> bool:

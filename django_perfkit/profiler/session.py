@@ -39,7 +39,14 @@ from django_perfkit.conf import get_settings
 from django_perfkit.profiler.tokens import MAX_TOKEN_LENGTH, read_token
 from django_perfkit.redis import LuaScript, get_gateway
 
-__all__ = ["ProfileRun", "load_profile", "start_for_caller", "start_for_staff"]
+__all__ = [
+    "ProfileRun",
+    "astart_for_caller",
+    "load_profile",
+    "resolve_caller",
+    "start_for_caller",
+    "start_for_staff",
+]
 
 logger = logging.getLogger("django_perfkit.profiler")
 
@@ -172,8 +179,10 @@ def _internal(request: HttpRequest) -> bool:
     )
 
 
-def start_for_caller(request: HttpRequest, async_mode: AsyncMode) -> ProfileRun | None:
-    """At the start of the request: a DEBUG-internal client or a token holder."""
+def resolve_caller(request: HttpRequest) -> ProfileRun | None:
+    """At the start of the request: a DEBUG-internal client or a token holder,
+    with their per-interval slot claimed (not started yet). Reads the token's
+    user from the database: call it off the event loop."""
     value = _header(request)
     if value is None:
         return None
@@ -189,9 +198,26 @@ def start_for_caller(request: HttpRequest, async_mode: AsyncMode) -> ProfileRun 
         user = read_token(value)
         if user is not None:
             run = ProfileRun(f"user:{user.pk}", html=False)
-    if run is None or not _claim(run.who) or not run.start(async_mode):
+    if run is None or not _claim(run.who):
         return None
     return run
+
+
+def start_for_caller(request: HttpRequest, async_mode: AsyncMode) -> ProfileRun | None:
+    """The sync middleware's start: resolve the caller and start profiling."""
+    run = resolve_caller(request)
+    return run if run is not None and run.start(async_mode) else None
+
+
+async def astart_for_caller(request: HttpRequest) -> ProfileRun | None:
+    """The async middleware's start: the caller is resolved in a thread (a token
+    is checked against the database), the profiler starts on the event loop."""
+    if _header(request) is None:
+        return None  # the common case: no thread hop
+    from asgiref.sync import sync_to_async
+
+    run = await sync_to_async(resolve_caller)(request)
+    return run if run is not None and run.start("enabled") else None
 
 
 def start_for_staff(request: HttpRequest, async_mode: AsyncMode) -> ProfileRun | None:

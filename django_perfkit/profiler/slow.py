@@ -12,8 +12,10 @@ not slow costs one comparison.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 from typing import Any
 
 from django.http import HttpRequest
@@ -93,7 +95,20 @@ def report_slow_request(record: RequestRecord, request: HttpRequest, response: A
         pipe.expire(key, 7 * 86400)
         pipe.execute()
 
-    gateway.run(keep, None)
+    if _on_event_loop():
+        # Under ASGI the reporter runs on the event loop: a slow or black-holed
+        # Redis must not stall every other request on it.
+        threading.Thread(target=gateway.run, args=(keep, None), daemon=True).start()
+    else:
+        gateway.run(keep, None)
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def recent_slow_requests(limit: int = 50) -> list[dict[str, Any]]:

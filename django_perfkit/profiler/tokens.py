@@ -45,8 +45,15 @@ def read_token(value: str) -> Any | None:
     except (signing.BadSignature, KeyError, TypeError, ValueError):
         logger.debug("perfkit: profile token rejected (bad signature or malformed)")
         return None
-    if expires < time.time():
+    now = time.time()
+    if expires < now:
         logger.debug("perfkit: profile token rejected (expired)")
+        return None
+    from django_perfkit.conf import get_settings
+
+    if expires - now > get_settings().profiler.token_max_ttl:
+        # Lowering TOKEN_MAX_TTL shortens the tokens already out there.
+        logger.debug("perfkit: profile token rejected (lives longer than TOKEN_MAX_TTL)")
         return None
     from django.contrib.auth import get_user_model
 

@@ -19,6 +19,7 @@ and the middleware around it do not both log (or raise) it.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 from collections.abc import Callable, Iterator
@@ -265,8 +266,11 @@ class query_budget:
         self.max_duplicates = _count("max_duplicates", max_duplicates)
         self.nplusone = _mode("nplusone", nplusone)
         self.mode = _mode("mode", mode)
-        # The blocks this instance is the context manager of (innermost last).
-        self._open: list[Any] = []
+        # The blocks this instance is the context manager of, per context
+        # (thread or task), innermost last: one instance may be shared.
+        self._open: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar(
+            f"perfkit_query_budget_{id(self)}", default=()
+        )
 
     @contextmanager
     def _scope(self, where: str) -> Iterator[QueryReport]:
@@ -284,11 +288,14 @@ class query_budget:
 
     def __enter__(self) -> QueryReport:
         scope = self._scope("query_budget block")
-        self._open.append(scope)
-        return scope.__enter__()
+        report = scope.__enter__()
+        self._open.set((*self._open.get(), scope))
+        return report
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._open.pop().__exit__(exc_type, exc, tb)
+        *rest, scope = self._open.get()
+        self._open.set(tuple(rest))
+        scope.__exit__(exc_type, exc, tb)
 
     def __call__(self, func: F) -> F:
         where = f"{func.__module__}.{func.__qualname__}"

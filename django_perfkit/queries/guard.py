@@ -32,9 +32,11 @@ replace it. Under ``FETCH_PEERS`` a would-be N+1 runs one query and is
 correctly not reported.
 
 What the stack cannot tell is where an instance came from. For that,
-``QuerySet.__init__``, ``_clone`` and ``_fetch_all`` are wrapped while at least
-one guard is open anywhere in the process (a reference count; unwrapped when
-the last one closes, so a process with the guard off runs Django untouched):
+``QuerySet.__init__``, ``_clone``, ``_fetch_all`` and
+``_prefetch_related_objects`` are wrapped while at least one guard is open
+anywhere in the process (a reference count; unwrapped when the last one
+closes, except once the middleware has guarded a request: then they stay, as
+it will guard the next one; with ``MODE`` ``"off"`` Django runs untouched):
 each queryset notes the line of project code that built it, and each
 multi-row result notes its instances (and the ones ``select_related``
 attached to them). That gives a finding its *origin* (the line to change),
@@ -52,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from django_perfkit.collectors.db import _library_file, find_site, is_library_file
+from django_perfkit.collectors.db import _library_file, _params_hash, find_site, is_library_file
 from django_perfkit.queries.fingerprint import fingerprint
 from django_perfkit.record import _current, _short_path
 
@@ -258,6 +260,11 @@ class Event(NamedTuple):
     param_origin: Origin | None
     queried: str | None  # label of the queryset's model
     lookups: tuple[str, ...]  # prefetch_related_objects lookups
+    #: Hash of the parameters: a loop asks for other rows each time; the same
+    #: query with the same values again is a duplicate, not an N+1.
+    params_hash: int
+    #: id() of the instance whose relation was loaded (relation events only).
+    owner: int | None
 
 
 def _many_relation(owner: Any, queryset: Any) -> Relation | None:
@@ -335,8 +342,10 @@ class Guard:
     def track(self, queryset: Any, rows: list[Any]) -> None:
         from django.db.models import Model
 
-        if not rows or not isinstance(rows[0], Model) or self.tracked > MAX_TRACKED:
+        if not rows or not isinstance(rows[0], Model) or self.tracked >= MAX_TRACKED:
             return
+        # Bounded however large one result is (an export of a million rows).
+        rows = rows[: MAX_TRACKED - self.tracked]
         origin = Origin(_label(queryset.model), queryset.__dict__.get("_perfkit_site"), len(rows))
         self.keep.append(rows)
         self.tracked += len(rows)
@@ -490,6 +499,8 @@ class Guard:
                 param_origin,
                 queried,
                 lookups,
+                _params_hash(params),
+                None if owner is None else id(owner),
             )
         )
         return location
@@ -526,6 +537,15 @@ class Guard:
         found = []
         for key, events in groups.items():
             if len(events) < self.threshold:
+                continue
+            # A loop loads the relation of several instances, or asks for other
+            # rows each time. The same query with the same values from one place
+            # (the admin's changelist counts twice) is a duplicate, not an N+1.
+            if key[0] == "relation":
+                distinct = len({event.owner for event in events})
+            else:
+                distinct = len({event.params_hash for event in events})
+            if distinct < 2:
                 continue
             found.append(_finding(key[0], events, fingerprint(events[0].sql)))
         return found
@@ -772,8 +792,8 @@ def _install(keep: bool = False) -> None:
             if len(args) < 2 and kwargs.get("query") is None and _guard() is not None:
                 self.__dict__["_perfkit_site"] = find_site(2)
 
-        def _clone(self: Any) -> Any:
-            copy = clone(self)
+        def _clone(self: Any, *args: Any, **kwargs: Any) -> Any:
+            copy = clone(self, *args, **kwargs)
             if _guard() is not None:
                 # Where the chain was built: the project line that made this
                 # clone (the view's .filter().select_related(), not a custom

@@ -8,7 +8,8 @@ million rows. perfkit reads the plan itself:
   ``INDEXES["EXPLAIN_MS"]`` (100 ms), or after every ``SELECT`` of a
   ``capture(explain=True)`` block (the pytest plugin's
   ``--perfkit-explain``). Each query shape (fingerprint) is explained once
-  per process; the plans' verdicts are kept (4,096 shapes at most).
+  per process, failures included; the verdicts are kept (4,096 shapes at
+  most). Not a statement with ``;`` in it (EXPLAIN would run what follows).
 * **How**: ``EXPLAIN (FORMAT JSON)`` of the same SQL with the same
   parameters, on the same connection, through the driver's own cursor (not
   Django's, so perfkit's collector does not see it), never ``ANALYZE`` (that
@@ -26,7 +27,7 @@ million rows. perfkit reads the plan itself:
   then the ordering (the order a B-tree serves them in); a constant boolean
   condition becomes a partial index's ``condition=Q(...)``.
 
-Other databases: nothing is explained (a system check says so once).
+Other databases: nothing is explained.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from django_perfkit.queries.fingerprint import fingerprint
 from django_perfkit.record import _short_path
 
 __all__ = ["IndexAdvice", "advise", "explain_after", "stats"]
@@ -107,7 +109,9 @@ def _columns(filter_text: str) -> tuple[list[str], list[str], dict[str, bool]]:
     ranged: list[str] = []
     booleans: dict[str, bool] = {}
     for column, operator in _COMPARISON.findall(filter_text):
-        target = equal if operator.upper() in ("=", "IS", "~~") else ranged
+        if operator.startswith(("~~", "!~~")):
+            continue  # LIKE: a B-tree serves only some patterns; not advised
+        target = equal if operator.upper() in ("=", "IS") else ranged
         if column not in equal and column not in ranged:
             target.append(column)
     # A boolean column alone is a term of the top-level AND: "is_public", "(NOT x)".
@@ -140,9 +144,9 @@ def _field_names(model: Any, columns: list[str]) -> list[str]:
 
 
 def _index_name(table: str, fields: list[str]) -> str:
-    # Django's limit on index names is 30 characters.
+    # Django's limit on index names is 30 characters, and they must start with a letter.
     base = f"{table.split('_', 1)[-1][:12]}_{'_'.join(f[:6] for f in fields)}"[:26]
-    return f"{base}_idx"
+    return f"{base}_idx" if base[:1].isalpha() else f"i{base[:25]}_idx"
 
 
 def _suggestion(model: Any, table: str, fields: list[str], booleans: dict[str, bool]) -> str:
@@ -179,10 +183,16 @@ def advise(
             p for p in parents if p.get("Node Type") in ("Sort", "Incremental Sort")
         ] and any(p.get("Node Type") == "Limit" for p in parents)
         if limited_sort:
+            alias = node.get("Alias", table)
             for parent in parents:
                 for key in parent.get("Sort Key", ()):
+                    # Only this table's columns: "news_article.published_at" is
+                    # another table's (a join), "published_at" alone is ours.
+                    qualifier = key.split(".", 1)[0].strip('"') if "." in key else alias
                     match = _SORT_KEY.match(key)
-                    if match and match.group(1) not in equal + ranged + order:
+                    if qualifier != alias or not match:
+                        continue
+                    if match.group(1) not in equal + ranged + order:
                         order.append(match.group(1))
         columns = equal + ranged + order
         if not columns:
@@ -194,7 +204,8 @@ def advise(
         fields = _field_names(model, columns)
         text = f"Seq Scan on {table}"
         if node.get("Filter"):
-            text += f"  Filter: {node['Filter']}"
+            # Shape only: the filter's literals are the query's parameters.
+            text += f"  Filter: {fingerprint(node['Filter'])}"
         if order:
             text += f"  (then Sort by {', '.join(order)} for a LIMIT)"
         label = f"{model._meta.app_label}.{model._meta.object_name}" if model else None
@@ -248,13 +259,14 @@ def explain_after(
     from django_perfkit.conf import get_settings
 
     location = None if site is None else f"{_short_path(site[0])}:{site[1]} in {site[2]}"
+    min_rows = get_settings().indexes.min_rows
     try:
         import psycopg
 
         status = raw.info.transaction_status
         if status == psycopg.pq.TransactionStatus.INERROR:
             stats["failed"] += 1
-            return []
+            return []  # the transaction already failed: not now (not cached)
         in_transaction = status == psycopg.pq.TransactionStatus.INTRANS
         with raw.cursor() as cursor:
             if in_transaction:
@@ -262,6 +274,11 @@ def explain_after(
             try:
                 cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
                 plan = cursor.fetchone()[0]
+                if isinstance(plan, str):
+                    plan = json.loads(plan)
+                # Table sizes are read inside the savepoint too: any statement
+                # perfkit runs in the user's transaction can be rolled back.
+                advice = advise(plan, _table_rows(raw, connection.alias), min_rows, location)
                 if in_transaction:
                     cursor.execute("RELEASE SAVEPOINT perfkit_explain")
             except Exception:
@@ -269,25 +286,23 @@ def explain_after(
                     cursor.execute("ROLLBACK TO SAVEPOINT perfkit_explain")
                     cursor.execute("RELEASE SAVEPOINT perfkit_explain")
                 raise
-        if isinstance(plan, str):
-            plan = json.loads(plan)
-        advice = advise(
-            plan,
-            _table_rows(raw, connection.alias),
-            get_settings().indexes.min_rows,
-            location,
-        )
     except Exception:
         stats["failed"] += 1
         logger.debug("perfkit: could not EXPLAIN %s", shape, exc_info=True)
-        return []
+        advice = []  # remembered: a shape that cannot be explained is not tried again
+        _remember(shape, advice)
+        return advice
     stats["explained"] += 1
     for item in advice:
         item.fingerprint = shape
+    _remember(shape, advice)
+    return advice
+
+
+def _remember(shape: str, advice: list[IndexAdvice]) -> None:
     if len(_verdicts) >= _MAX_CACHED:
         _verdicts.clear()
     _verdicts[shape] = advice
-    return advice
 
 
 def forget() -> None:

@@ -75,10 +75,11 @@ def build_header(record: RequestRecord) -> str:
         else:
             entries.append(f"{name};dur={section.time * 1000:.2f}")
     if record.ratelimits:
-        # The last check decided: "login: 3/5 left" or "login: limited".
+        # The last check decided: "3/5 left" or "limited". Not the group: its
+        # default is the view's dotted path, which anonymous clients need not see.
         last = record.ratelimits[-1]
         state = "limited" if last.limited else f"{last.remaining}/{last.limit} left"
-        entries.append(f"ratelimit;desc={_desc(f'{last.group}: {state}')}")
+        entries.append(f"ratelimit;desc={_desc(state)}")
     if record.view_started is not None and record.finished is not None:
         # From the view's start (after the other middleware's request phase)
         # to the response's return here: view, template rendering and the

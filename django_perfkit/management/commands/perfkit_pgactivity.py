@@ -84,6 +84,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         alias = options["database"]
+        if options["cancel"] is not None and options["terminate"] is not None:
+            raise CommandError("give --cancel or --terminate, not both")
         for action, function in (
             ("cancel", "pg_cancel_backend"),
             ("terminate", "pg_terminate_backend"),
@@ -91,14 +93,7 @@ class Command(BaseCommand):
             pid = options[action]
             if pid is None:
                 continue
-            if not options["yes"]:
-                answer = input(f"{action} PostgreSQL backend {pid}? [y/N] ")
-                if answer.strip().lower() not in ("y", "yes"):
-                    raise CommandError("not confirmed: nothing done")
-            with connections[alias].cursor() as cursor:
-                cursor.execute(f"SELECT {function}(%s)", [pid])
-                (done,) = cursor.fetchone()
-            self.stdout.write(f"{action} {pid}: {'done' if done else 'no such backend'}")
+            self._signal(alias, action, function, pid, options)
             return
         while True:
             rows = activity(alias, options["min_duration"], options["show_params"])
@@ -112,6 +107,29 @@ class Command(BaseCommand):
                 time.sleep(max(0.2, options["watch"]))
             except KeyboardInterrupt:
                 return
+
+    def _signal(
+        self, alias: str, action: str, function: str, pid: int, options: dict[str, Any]
+    ) -> None:
+        target = [
+            row for row in activity(alias, show_params=options["show_params"]) if row["pid"] == pid
+        ]
+        if not target:
+            # Only this database's client sessions: not another database's,
+            # not PostgreSQL's own processes.
+            raise CommandError(f"no client session {pid} on database {alias!r}")
+        if not options["yes"]:
+            self.stdout.write(self.render(target))
+            try:
+                answer = input(f"{action} PostgreSQL backend {pid}? [y/N] ")
+            except EOFError:
+                answer = ""
+            if answer.strip().lower() not in ("y", "yes"):
+                raise CommandError("not confirmed: nothing done (--yes to skip the question)")
+        with connections[alias].cursor() as cursor:
+            cursor.execute(f"SELECT {function}(%s)", [pid])
+            (done,) = cursor.fetchone()
+        self.stdout.write(f"{action} {pid}: {'done' if done else 'no such backend'}")
 
     @staticmethod
     def render(rows: list[dict[str, Any]]) -> str:
