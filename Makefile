@@ -60,7 +60,10 @@ lint: install
 docs: install
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
 
+# bench/requests.py drives gunicorn with wrk (Debian's package): installed here
+# when missing; without it that one section says "Not run".
 bench: install services
+	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null 2>&1 || echo "bench: could not install wrk"
 	$(BIN)/python bench/run.py
 
 # The tox envs CI runs: Django 6.1 on Python 3.12 (PostgreSQL), and the SQLite one.

@@ -25,7 +25,9 @@ sys.path.insert(0, str(ROOT))
 from bench import cache as cache_bench  # noqa: E402
 from bench import onwrite as onwrite_bench  # noqa: E402
 from bench import query_collector  # noqa: E402
+from bench import query_guard as query_guard_bench  # noqa: E402
 from bench import ratelimit as ratelimit_bench  # noqa: E402
+from bench import requests as requests_bench  # noqa: E402
 
 
 def _cmd(args: list[str]) -> str:
@@ -148,6 +150,10 @@ def main() -> None:
         "`DEFER_DELAY` for more writes to the same entry.",
         "",
     ]
+    sections += section(
+        query_guard_bench, "query_guard.py", "## Query guard: N+1 detection and overhead"
+    )
+    sections += section(requests_bench, "requests.py", "## Requests per second under gunicorn")
     sections += [
         "## Reproduce",
         "",
@@ -157,6 +163,8 @@ def main() -> None:
         "python bench/ratelimit.py                                     # another",
         "python bench/cache.py                                         # another",
         "python bench/onwrite.py                                       # another",
+        "python bench/query_guard.py                                   # another",
+        "python bench/requests.py                                      # another (needs wrk)",
         "```",
         "",
     ]

@@ -274,8 +274,16 @@ def _enforce_guard(
     settings: PerfkitSettings,
 ) -> None:
     """Log, warn (header) or raise for the request's findings and budget overruns."""
-    report = QueryReport(record)
     guard_settings = settings.query_guard
+    if (
+        mode != "warn"
+        and not record.nplusone
+        and not record.unused_prefetches
+        and guard_settings.max_queries is None
+        and guard_settings.max_duplicates is None
+    ):
+        return  # nothing to act on (the common case): no report to build
+    report = QueryReport(record)
     try:
         acted = budget.enforce(
             report,

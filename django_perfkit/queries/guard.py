@@ -318,6 +318,10 @@ class Guard:
         ``keep_installed``: leave the wrappers in place after the last guard
         closes (the middleware, which opens one per request).
         """
+        if keep_installed and _keep and _wrapped():
+            # The middleware's case once it has run: wrapped for good, so no
+            # reference to count and no lock to take on every request.
+            return self
         _install(keep_installed)
         self._installed = True
         return self
@@ -327,6 +331,11 @@ class Guard:
         if self._installed:
             self._installed = False
             _uninstall()
+        if not self.events and not self.prefetches:
+            self.keep.clear()
+            self.loaded.clear()
+            self.pk_origins.clear()
+            return  # nothing ran: nothing to find (the common case of a cached page)
         try:
             record.nplusone.extend(self.findings())
             record.unused_prefetches.extend(
