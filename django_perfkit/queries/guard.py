@@ -199,11 +199,15 @@ def _known_frames() -> dict[int, str]:
                     known[code] = _WRITE
         known[_original["_fetch_all"].__code__] = "fetch"
         try:
-            from django.contrib.contenttypes.fields import GenericForeignKey
+            from django.contrib.contenttypes import fields as generic
         except Exception:  # contenttypes not installed
             pass
         else:
-            known[GenericForeignKey.__get__.__code__] = _LAZY_GFK
+            # Django 6.1 moved the accessor to GenericForeignKeyDescriptor.
+            holder = getattr(generic, "GenericForeignKeyDescriptor", generic.GenericForeignKey)
+            getter = getattr(holder, "__get__", None)
+            if getter is not None and hasattr(getter, "__code__"):
+                known[getter.__code__] = _LAZY_GFK
         _known = {id(code): kind for code, kind in known.items()}
     return _known
 
@@ -269,13 +273,17 @@ class Event(NamedTuple):
 
 def _many_relation(owner: Any, queryset: Any) -> Relation | None:
     """The related manager (``author.books``, ``book.tags``) a queryset came from."""
+    from django.db.models import ForeignKey
+
     known = getattr(queryset, "_known_related_objects", None)
-    if known:
-        for field in known:  # reverse foreign key: Django names the field
+    for field in known or ():
+        # Reverse foreign key: Django names the field. (Django 6.1 fills this for
+        # many-to-many managers too, with other keys: those take the path below.)
+        if isinstance(field, ForeignKey):
             return Relation("many", _label(type(owner)), field.remote_field.get_accessor_name())
     target = queryset.model
     names = [
-        f.name if f.concrete else f.get_accessor_name()
+        f.get_accessor_name() if f.auto_created and not f.concrete else f.name
         for f in type(owner)._meta.get_fields()
         if (f.many_to_many or f.one_to_many) and f.related_model is target
     ]
@@ -449,6 +457,7 @@ class Guard:
                         owner = f_locals.get("instance")
                     elif kind == _LAZY_GFK:
                         gfk = f_locals["self"]
+                        gfk = getattr(gfk, "field", gfk)  # 6.1: the descriptor's field
                         relation = Relation(kind, _label(gfk.model), gfk.name)
                         owner = f_locals.get("instance")
                     elif kind == _PREFETCH_OBJECTS:
@@ -699,7 +708,8 @@ def _accessor(origin: Origin, queried: str | None, sql: str) -> str | None:
     if len(candidates) != 1:
         return None
     found = candidates[0]
-    return str(found.name if found.concrete else found.get_accessor_name())
+    reverse = found.auto_created and not found.concrete
+    return str(found.get_accessor_name() if reverse else found.name)
 
 
 # --- prefetch use -------------------------------------------------------------
