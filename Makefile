@@ -1,7 +1,7 @@
 # django-perfkit: the commands in the README.
 #   make demo   serve the demo news site on http://127.0.0.1:8000
 #   make test   run the whole suite against PostgreSQL and Redis on localhost
-#   make lint / make docs / make bench / make tox-ci
+#   make lint / make docs / make bench / make tox-ci / make screenshots
 #   make budgets  record the demo tests' query budgets (perf-budgets.json) again
 
 PYTHON ?= python3
@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: install services demo test budgets lint docs bench tox-ci clean
+.PHONY: install services demo test budgets lint docs screenshots bench tox-ci clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,8 +46,9 @@ demo: install
 # The second run checks the demo site's query budgets (perf-budgets.json):
 # a test whose query count rose fails. `make budgets` records them again.
 test: install services
-	$(BIN)/pytest
-	$(BIN)/pytest tests/test_demo_site.py -q --perfkit-budgets=perf-budgets.json --perfkit-nplusone=fail
+	@scripts/ensure-browser.sh
+	PERFKIT_REQUIRE_BROWSER=1 $(BIN)/pytest
+	PERFKIT_REQUIRE_BROWSER=1 $(BIN)/pytest tests/test_demo_site.py -q --perfkit-budgets=perf-budgets.json --perfkit-nplusone=fail
 
 budgets: install services
 	$(BIN)/pytest tests/test_demo_site.py -q --perfkit-budgets=perf-budgets.json --perfkit-record
@@ -59,6 +60,12 @@ lint: install
 
 docs: install
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+# The panel's screenshots in the docs (docs/_static/panel/): a real scene on a
+# private PostgreSQL and Redis, photographed in Chromium.
+screenshots: install
+	@scripts/ensure-browser.sh
+	$(BIN)/python scripts/panel_screenshots.py
 
 # bench/requests.py drives gunicorn with wrk (Debian's package): installed here
 # when missing; without it that one section says "Not run".

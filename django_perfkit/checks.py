@@ -28,12 +28,15 @@ E018      ``QUERY_GUARD`` is not a dict, or one of its values is of the wrong ki
 E019      ``PROFILER`` is not a dict, or one of its values is of the wrong kind
 E020      ``FLEET`` is not a dict, or one of its values is of the wrong kind
 E021      ``INDEXES`` is not a dict, or one of its values is of the wrong kind
+E022      ``PANEL`` is not a dict, one of its values is of the wrong kind, or its
+          ``DATABASE_ALIAS`` names no database
 W005      ``CACHE["MODELS"]`` names a model whose managers have no ``.cache()``
 W006      ``CACHE`` has a key perfkit does not know (a typo?)
 W007      ``QUERY_GUARD`` has a key perfkit does not know (a typo?)
 W008      ``PROFILER`` has a key perfkit does not know (a typo?)
 W009      ``FLEET`` has a key perfkit does not know (a typo?)
 W010      ``INDEXES`` has a key perfkit does not know (a typo?)
+W011      ``PANEL`` has a key perfkit does not know (a typo?)
 W001      ``PERFKIT`` has a key perfkit does not know (a typo?)
 W002      ``PerfkitMiddleware`` is not in ``MIDDLEWARE``
 W003      ``PerfkitMiddleware`` is not first in ``MIDDLEWARE``
@@ -59,6 +62,7 @@ from django_perfkit.conf import (
     DEFAULTS,
     FLEET_DEFAULTS,
     INDEXES_DEFAULTS,
+    PANEL_DEFAULTS,
     PROFILER_DEFAULTS,
     QUERY_GUARD_DEFAULTS,
     QUERY_GUARD_MODES,
@@ -164,6 +168,7 @@ def check_settings(
     errors += _check_profiler(raw)
     errors += _check_fleet(raw)
     errors += _check_indexes(raw)
+    errors += _check_panel(raw)
 
     prefix = raw.get("KEY_PREFIX", DEFAULTS["KEY_PREFIX"])
     if not isinstance(prefix, str) or not prefix or any(c in prefix for c in " {}\t\n"):
@@ -383,6 +388,10 @@ _VALUE_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     ),
     "seconds": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
     "seconds>0": ("a number of seconds > 0", lambda v: _is_number(v) and v > 0),
+    "permission": (
+        'None or a permission "app_label.codename"',
+        lambda v: v is None or (isinstance(v, str) and v.count(".") == 1 and " " not in v),
+    ),
 }
 
 
@@ -661,4 +670,38 @@ def _check_indexes(raw: dict[str, Any]) -> list[CheckMessage]:
         "perfkit.W010",
         '{"EXPLAIN_MS": 100, ...}',
     )
+    return errors
+
+
+_PANEL_KINDS: dict[str, tuple[str, str]] = {
+    "PERMISSION": ("permission", '"news.view_perfkit_panel"'),
+    "SIGNAL_PERMISSION": ("permission", '"news.signal_backends"'),
+    "SHOW_SQL_PARAMS": ("bool", "False"),
+    "REFRESH_SECONDS": ("seconds", "5"),
+    "MINUTES": ("count>0", "15"),
+}
+
+
+def _check_panel(raw: dict[str, Any]) -> list[CheckMessage]:
+    panel, errors = _check_section(
+        raw,
+        "PANEL",
+        PANEL_DEFAULTS,
+        _PANEL_KINDS,
+        "perfkit.E022",
+        "perfkit.W011",
+        '{"PERMISSION": None, ...}',
+    )
+    if panel is None or "DATABASE_ALIAS" not in panel:
+        return errors
+    alias = panel["DATABASE_ALIAS"]
+    if not isinstance(alias, str) or alias not in settings.DATABASES:
+        known = ", ".join(repr(name) for name in settings.DATABASES)
+        errors.append(
+            Error(
+                f'PERFKIT["PANEL"]["DATABASE_ALIAS"] = {alias!r} names no database in DATABASES.',
+                hint=f"Write one of {known}.",
+                id="perfkit.E022",
+            )
+        )
     return errors

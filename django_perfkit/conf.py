@@ -64,6 +64,8 @@ DEFAULTS: Final[dict[str, Any]] = {
     "FLEET": {},
     # Index advisor (EXPLAIN of slow queries): see INDEXES_DEFAULTS
     "INDEXES": {},
+    # The web panel (perfkit/ URLs): see PANEL_DEFAULTS
+    "PANEL": {},
 }
 
 #: Every ``PERFKIT["INDEXES"]`` key with its default.
@@ -146,6 +148,68 @@ def _fleet_settings(raw: Any) -> FleetSettings:
         window_minutes=whole(window, 60),
         flush_interval=float(interval) if ok_interval and interval > 0 else 1.0,
         max_routes=whole(routes, 500),
+    )
+
+
+#: Every ``PERFKIT["PANEL"]`` key with its default.
+PANEL_DEFAULTS: Final[dict[str, Any]] = {
+    # Who may open the panel: None = active staff users; "app_label.codename" =
+    # active users with that permission (superusers have every permission).
+    # Anyone else gets a 404.
+    "PERMISSION": None,
+    # Who may cancel a query or end a session from the Database page: None =
+    # active superusers; or a permission, as above (and panel access).
+    "SIGNAL_PERMISSION": None,
+    # Show SQL with its literal values (user data) on the Database page.
+    "SHOW_SQL_PARAMS": False,
+    # Seconds between two refreshes of a page (vanilla JS; 0: no auto-refresh).
+    "REFRESH_SECONDS": 5,
+    # Minutes of fleet stats a page shows unless ?minutes= says otherwise.
+    "MINUTES": 15,
+    # The database whose pg_stat_activity the Database page shows.
+    "DATABASE_ALIAS": "default",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PanelSettings:
+    """The resolved ``PERFKIT["PANEL"]`` settings."""
+
+    permission: str | None
+    signal_permission: str | None
+    show_sql_params: bool
+    refresh_seconds: float
+    minutes: int
+    database_alias: str
+
+
+def _panel_settings(raw: Any) -> PanelSettings:
+    if not isinstance(raw, dict):
+        raw = {}
+
+    def permission(name: str) -> str | None:
+        value = raw.get(name)
+        return value if isinstance(value, str) and "." in value else None
+
+    refresh = raw.get("REFRESH_SECONDS", 5)
+    minutes = raw.get("MINUTES", 15)
+    alias = raw.get("DATABASE_ALIAS", "default")
+    show = raw.get("SHOW_SQL_PARAMS", False)
+    return PanelSettings(
+        permission=permission("PERMISSION"),
+        signal_permission=permission("SIGNAL_PERMISSION"),
+        show_sql_params=show is True,
+        refresh_seconds=(
+            float(refresh)
+            if isinstance(refresh, (int, float)) and not isinstance(refresh, bool) and refresh >= 0
+            else 5.0
+        ),
+        minutes=(
+            minutes
+            if isinstance(minutes, int) and not isinstance(minutes, bool) and minutes > 0
+            else 15
+        ),
+        database_alias=alias if isinstance(alias, str) and alias else "default",
     )
 
 
@@ -392,6 +456,7 @@ class PerfkitSettings:
     profiler: ProfilerSettings
     fleet: FleetSettings
     indexes: IndexesSettings
+    panel: PanelSettings
     #: True when the project set ``REDIS_CACHE_ALIAS`` itself (the checks are
     #: stricter about an explicit alias than about the default one).
     redis_alias_explicit: bool
@@ -452,6 +517,9 @@ def get_settings() -> PerfkitSettings:
             continue
         if name == "INDEXES":
             values["indexes"] = _indexes_settings(raw.get(name))
+            continue
+        if name == "PANEL":
+            values["panel"] = _panel_settings(raw.get(name))
             continue
         values[name.lower()] = _coerce(name, raw.get(name, default), default)
     values["redis_alias_explicit"] = "REDIS_CACHE_ALIAS" in raw

@@ -19,6 +19,7 @@ from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from django_perfkit.conf import PerfkitSettings, get_settings
+from django_perfkit.fleet.stats import enter_route, leave_route
 from django_perfkit.profiler.session import (
     AsyncMode,
     ProfileRun,
@@ -79,6 +80,7 @@ class PerfkitMiddleware:
             response = self.get_response(request)
         except BaseException:
             _discard_profile(request, profile)
+            leave_route(record)
             raise
         finally:
             _current.reset(token)
@@ -106,6 +108,7 @@ class PerfkitMiddleware:
             response = await get_response(request)
         except BaseException:
             _discard_profile(request, profile)
+            leave_route(record)
             raise
         finally:
             _current.reset(token)
@@ -130,7 +133,7 @@ class PerfkitMiddleware:
         limited = enforce(request)
         if limited is None and hasattr(request, "_perfkit_profile_pending"):
             _start_staff_profile(request, "disabled")
-        _mark_view_start()
+        _mark_view_start(request)
         return limited
 
     async def _aprocess_view(
@@ -140,7 +143,7 @@ class PerfkitMiddleware:
         if limited is None and hasattr(request, "_perfkit_profile_pending"):
             await sync_to_async(_load_user)(request)
             _start_staff_profile(request, "enabled")
-        _mark_view_start()
+        _mark_view_start(request)
         return limited
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> Any:
@@ -182,10 +185,12 @@ def _inherit(record: RequestRecord) -> None:
         record.explain = True
 
 
-def _mark_view_start() -> None:
+def _mark_view_start(request: HttpRequest) -> None:
     record = _current.get()
     if record is not None:
         record.view_started = time.perf_counter()
+        if get_settings().fleet.enabled:
+            enter_route(record, request)
 
 
 def _load_user(request: HttpRequest) -> None:

@@ -165,6 +165,8 @@ class RequestRecord:
     status: int | None = None
     #: The resolved URL pattern (``articles/<slug:slug>/``), not the raw path.
     route: str | None = None
+    #: The route this request counts as in flight on (fleet stats), until it ends.
+    inflight_route: str | None = None
     db: QueryStats = field(default_factory=QueryStats)
     cache: CacheStats = field(default_factory=CacheStats)
     sections: dict[str, Section] = field(default_factory=dict)

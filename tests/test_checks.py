@@ -357,3 +357,42 @@ def test_good_fleet_settings_pass() -> None:
 def test_indexes_settings_checks(indexes: Any, expected: list[str]) -> None:
     assert ids({"INDEXES": indexes}) == expected
     assert ids({"INDEXES": {"ENABLED": False, "EXPLAIN_MS": 0, "MIN_ROWS": 0}}) == []
+
+
+@pytest.mark.parametrize(
+    ("panel", "expected"),
+    [
+        ("staff", ["perfkit.E022"]),
+        ({"PERMISSION": "view_panel"}, ["perfkit.E022"]),
+        ({"PERMISSION": 3}, ["perfkit.E022"]),
+        ({"SIGNAL_PERMISSION": "a.b.c"}, ["perfkit.E022"]),
+        ({"SHOW_SQL_PARAMS": "yes"}, ["perfkit.E022"]),
+        ({"REFRESH_SECONDS": -1}, ["perfkit.E022"]),
+        ({"MINUTES": 0}, ["perfkit.E022"]),
+        ({"DATABASE_ALIAS": "replica"}, ["perfkit.E022"]),
+        ({"PERMISION": "auth.view_user"}, ["perfkit.W011"]),
+    ],
+)
+def test_panel_settings_checks(panel: Any, expected: list[str]) -> None:
+    assert ids({"PANEL": panel}) == expected
+
+
+def test_panel_check_names_the_fix() -> None:
+    with override_settings(PERFKIT={"PANEL": {"DATABASE_ALIAS": "replica"}}):
+        (message,) = check_settings()
+    assert "'default'" in (message.hint or "")
+    with override_settings(PERFKIT={"PANEL": {"PERMISION": "auth.view_user"}}):
+        (message,) = check_settings()
+    assert message.hint == 'Did you mean "PERMISSION"?'
+
+
+def test_good_panel_settings_pass() -> None:
+    panel = {
+        "PERMISSION": "auth.view_user",
+        "SIGNAL_PERMISSION": None,
+        "SHOW_SQL_PARAMS": True,
+        "REFRESH_SECONDS": 0,
+        "MINUTES": 60,
+        "DATABASE_ALIAS": "other",
+    }
+    assert ids({"PANEL": panel}) == []

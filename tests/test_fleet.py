@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -14,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.db import connection
 
 from django_perfkit.fleet import fleet_snapshot
 from django_perfkit.fleet.stats import Recorder, _server_id, live_servers, recorder
-from django_perfkit.record import RequestRecord
+from django_perfkit.record import RatelimitDecision, RequestRecord
 from tests.settings import RUN_ID
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +57,8 @@ def test_counts_latency_and_queries_per_route() -> None:
     assert rows["(unresolved)"]["requests"] == 1
 
 
-def test_three_processes_add_up_exactly() -> None:
+@pytest.mark.django_db
+def test_three_processes_add_up_exactly(client: Any) -> None:
     env = {**os.environ, "PERFKIT_TEST_RUN_ID": RUN_ID, "PYTHONPATH": str(ROOT)}
     workers = [
         subprocess.Popen(
@@ -89,6 +92,19 @@ def test_three_processes_add_up_exactly() -> None:
     one = json.loads(out.getvalue())
     assert len(one["servers"]) == 1
     assert sum(row["requests"] for row in one["routes"]) in (10, 14, 22)
+    # The panel shows the same: every server, and the exact sums.
+    client.force_login(User.objects.create_user("ops", is_staff=True))
+    overview = client.get("/perfkit/?minutes=5").content.decode()
+    for server in servers:
+        assert f"<code>{server}</code>" in overview
+    routes = client.get("/perfkit/routes/?minutes=5").content.decode()
+    assert re.search(r"<code>articles/</code>.*?<td class=\"num\">23</td>", routes, re.S)
+    assert re.search(
+        r"<code>api/articles/</code>.*?<td class=\"num\">23</td>\s*"
+        r"<td class=\"num\">0</td>\s*<td class=\"num bad\">23</td>",
+        routes,
+        re.S,
+    )
 
 
 def test_a_server_that_stopped_flushing_disappears() -> None:
@@ -208,3 +224,40 @@ def test_pgactivity_cancel_needs_confirmation(monkeypatch: Any) -> None:
         call_command("perfkit_pgactivity", "--cancel", "12345")
     with pytest.raises(CommandError, match="not both"):
         call_command("perfkit_pgactivity", "--cancel", "1", "--terminate", "2")
+
+
+def test_rate_limit_groups_in_flight_and_series() -> None:
+    counts = Recorder(background=False)
+    blocked = request("search/")
+    blocked.ratelimits = [
+        RatelimitDecision("news.search", True, 5, 0, "sliding", False),
+        RatelimitDecision("news.ip", False, 50, 40, "sliding", False),
+    ]
+    counts.add(blocked)
+    counts.add(request("search/"))
+    counts.enter("search/")
+    counts.enter("search/")
+    counts.leave("search/")
+    assert counts.flush()
+    snapshot = fleet_snapshot(minutes=3)
+    groups = {group["group"]: group for group in snapshot["ratelimits"]}
+    assert (groups["news.search"]["checked"], groups["news.search"]["limited"]) == (1, 1)
+    assert (groups["news.ip"]["checked"], groups["news.ip"]["limited"]) == (1, 0)
+    assert groups["news.search"]["series"][-1] == 1 and len(groups["news.search"]["series"]) == 3
+    (row,) = snapshot["routes"]
+    assert (row["requests"], row["ratelimited"], row["inflight"]) == (2, 1, 1)
+    assert row["series"] == [0, 0, 2]
+    assert snapshot["totals"]["inflight"] == 1
+    assert snapshot["servers"][_server_id()]["inflight"] == 1
+    counts.leave("search/")
+    assert counts.flush()
+    assert fleet_snapshot(minutes=3)["totals"]["inflight"] == 0
+
+
+def test_the_root_route_is_a_route_not_unresolved() -> None:
+    counts = Recorder(background=False)
+    counts.add(request(""))  # path("", home): the root pattern
+    counts.add(request(None, status=404))
+    assert counts.flush()
+    rows = {row["route"]: row["requests"] for row in fleet_snapshot(minutes=2)["routes"]}
+    assert rows == {"/": 1, "(unresolved)": 1}

@@ -12,11 +12,17 @@ In Redis (all under one hash tag, ``{fleet:stats}``):
   ``rl`` (rate-limited), ``ms`` (total milliseconds) and ``b0`` ... ``b11``
   (the latency histogram, :data:`BUCKETS_MS`). It expires after
   ``WINDOW_MINUTES``.
+* ``<server>:<minute>:ratelimit``: per rate-limit group, ``group|checked``
+  and ``group|limited`` (same expiry).
+* ``<server>:inflight``: a gauge, ``route`` to the requests in flight at the
+  process's last flush (rewritten at each flush; it expires with the server).
 
 Memory: per server and minute at most ``MAX_ROUTES`` routes × 17 fields
-(further routes count as ``(other)``); with 10 servers, 60 minutes and 50
-active routes, about 510,000 small hash fields at most, typically far fewer
-(a field exists only for a route that was requested in that minute).
+(further routes count as ``(other)``), and as many rate-limit groups × 2;
+with 10 servers, 60 minutes and 50 active routes, about 510,000 small hash
+fields at most, typically far fewer (a field exists only for a route that
+was requested in that minute). In each process: one minute's counts between
+two flushes, and one integer per route in flight.
 
 Percentiles come from the histogram: the upper edge of the bucket where the
 count crosses the percentile, so they are exact to a bucket (5 ms up to
@@ -28,6 +34,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import json
+import math
 import os
 import socket
 import threading
@@ -39,13 +46,30 @@ from django_perfkit.conf import get_settings
 from django_perfkit.record import RequestRecord
 from django_perfkit.redis import get_gateway
 
-__all__ = ["BUCKETS_MS", "Recorder", "fleet_snapshot", "recorder", "report_fleet"]
+__all__ = [
+    "BUCKETS_MS",
+    "Recorder",
+    "enter_route",
+    "fleet_snapshot",
+    "leave_route",
+    "live_servers",
+    "recorder",
+    "report_fleet",
+]
 
 #: Upper edges of the latency buckets, in milliseconds (the last is open).
 BUCKETS_MS: tuple[float, ...] = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 _FIELDS = ("n", "err", "q", "rl", "ms") + tuple(f"b{i}" for i in range(len(BUCKETS_MS) + 1))
 OTHER_ROUTE = "(other)"
 UNRESOLVED_ROUTE = "(unresolved)"
+
+
+def route_key(route: str | None) -> str:
+    """A route as the stats name it: the URL pattern; ``/`` for the root
+    pattern (``""``), ``(unresolved)`` for a request that matched none."""
+    if route is None:
+        return UNRESOLVED_ROUTE
+    return route or "/"
 
 
 def _server_id() -> str:
@@ -62,19 +86,48 @@ class Recorder:
         self._pid = os.getpid()
         self._counts: dict[tuple[int, str], list[float]] = {}
         self._routes: dict[int, int] = {}
+        #: (minute, rate-limit group) -> [checked, limited].
+        self._groups: dict[tuple[int, str], list[int]] = {}
+        #: route -> requests in flight now (a gauge, not reset by a flush).
+        self._inflight: dict[str, int] = {}
         self._thread: threading.Thread | None = None
         self._started = time.time()
 
-    def add(self, record: RequestRecord) -> None:
-        """Count one finished request (the reporter calls this)."""
+    def _check_fork(self) -> None:
         if os.getpid() != self._pid:  # a forked worker: its own counts and thread
             self.__init__(background=self.background)  # type: ignore[misc]
+
+    def enter(self, route: str) -> None:
+        """A request for ``route`` started its view (the middleware calls this)."""
+        self._check_fork()
+        with self._lock:
+            self._inflight[route] = self._inflight.get(route, 0) + 1
+
+    def leave(self, route: str) -> None:
+        """That request finished, whatever its outcome."""
+        with self._lock:
+            left = self._inflight.get(route, 0) - 1
+            if left > 0:
+                self._inflight[route] = left
+            else:
+                self._inflight.pop(route, None)
+
+    def add(self, record: RequestRecord) -> None:
+        """Count one finished request (the reporter calls this)."""
+        self._check_fork()
         minute = int(record.started_at // 60)
-        route = record.route or UNRESOLVED_ROUTE
+        route = route_key(record.route)
         ms = record.duration * 1000
         bucket = bisect.bisect_left(BUCKETS_MS, ms)
-        limited = any(decision.limited for decision in record.ratelimits)
+        limited = False
         with self._lock:
+            for decision in record.ratelimits:
+                group = self._groups.get((minute, decision.group))
+                if group is None:
+                    group = self._groups[(minute, decision.group)] = [0, 0]
+                group[0] += 1
+                group[1] += decision.limited
+                limited = limited or decision.limited
             row = self._counts.get((minute, route))
             if row is None:
                 seen = self._routes.get(minute, 0)
@@ -115,7 +168,9 @@ class Recorder:
         (the counts are then dropped: stats are best effort, memory stays bounded)."""
         with self._lock:
             counts, self._counts = self._counts, {}
+            groups, self._groups = self._groups, {}
             self._routes = {}
+            inflight = dict(self._inflight)
         gateway = get_gateway()
         if not gateway.configured:
             return False
@@ -123,6 +178,7 @@ class Recorder:
         server = _server_id()
         ttl = conf.window_minutes * 60 + 120
         servers_key = gateway.key("fleet", "stats", "servers")
+        inflight_key = gateway.key("fleet", "stats", server, "inflight")
         info = json.dumps(
             {
                 "host": socket.gethostname(),
@@ -136,6 +192,10 @@ class Recorder:
         def send(client: Any) -> bool:
             pipe = client.pipeline(transaction=False)
             pipe.hset(servers_key, server, info)
+            pipe.delete(inflight_key)
+            if inflight:
+                pipe.hset(inflight_key, mapping=inflight)
+                pipe.expire(inflight_key, math.ceil(_alive_for(conf.flush_interval)))
             for (minute, route), row in counts.items():
                 key = gateway.key("fleet", "stats", server, minute)
                 for name, value in zip(_FIELDS, row, strict=True):
@@ -147,10 +207,24 @@ class Recorder:
                     else:
                         pipe.hincrby(key, field, int(value))
                 pipe.expire(key, ttl)
+            touched: set[str] = set()
+            for (minute, group), (checked, limited) in groups.items():
+                key = gateway.key("fleet", "stats", server, minute, "ratelimit")
+                pipe.hincrby(key, f"{group}|checked", checked)
+                if limited:
+                    pipe.hincrby(key, f"{group}|limited", limited)
+                touched.add(key)
+            for key in touched:
+                pipe.expire(key, ttl)
             pipe.execute()
             return True
 
         return bool(gateway.run(send, False))
+
+
+def _alive_for(flush_interval: float) -> float:
+    """Seconds without a flush after which a server counts as gone."""
+    return max(10.0, 3 * flush_interval)
 
 
 def _version() -> str:
@@ -163,9 +237,25 @@ def _version() -> str:
 recorder = Recorder()
 
 
+def enter_route(record: RequestRecord, request: Any) -> None:
+    """Count ``request`` as in flight on its route (the middleware, before the view)."""
+    match = getattr(request, "resolver_match", None)
+    if match is not None and record.inflight_route is None:
+        record.inflight_route = route = route_key(match.route)
+        recorder.enter(route)
+
+
+def leave_route(record: RequestRecord) -> None:
+    """No longer in flight (the reporter, or the middleware when the view raised)."""
+    route, record.inflight_route = record.inflight_route, None
+    if route is not None:
+        recorder.leave(route)
+
+
 def report_fleet(record: RequestRecord, request: Any, response: Any) -> None:
-    """The reporter: count the request for the fleet stats."""
-    if get_settings().fleet.enabled:
+    """The reporter: count the request for the fleet stats (not the panel's own)."""
+    leave_route(record)
+    if get_settings().fleet.enabled and not getattr(request, "_perfkit_panel", False):
         recorder.add(record)
 
 
@@ -188,7 +278,7 @@ def live_servers(now: float | None = None) -> dict[str, dict[str, Any]]:
     key = gateway.key("fleet", "stats", "servers")
     raw: dict[Any, Any] = gateway.run(lambda client: client.hgetall(key), {})
     now = time.time() if now is None else now
-    alive_for = max(10.0, 3 * conf.flush_interval)
+    alive_for = _alive_for(conf.flush_interval)
     found: dict[str, dict[str, Any]] = {}
     stale: list[Any] = []
     for server, text in raw.items():
@@ -199,7 +289,7 @@ def live_servers(now: float | None = None) -> dict[str, dict[str, Any]]:
             continue
         age = now - float(info.get("seen", 0))
         if age <= alive_for:
-            found[server.decode() if isinstance(server, bytes) else str(server)] = info
+            found[_text(server)] = info
         elif age > conf.window_minutes * 60:
             stale.append(server)
     if stale:
@@ -207,14 +297,21 @@ def live_servers(now: float | None = None) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def fleet_snapshot(
     minutes: int = 5, server: str | None = None, now: float | None = None
 ) -> dict[str, Any]:
     """Every live server's counts over the last ``minutes``, added up per route.
 
-    ``{"servers": {...}, "minutes": n, "routes": [{"route", "requests", "rps",
-    "errors", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "mean_queries",
-    "ratelimited", "servers"}, ...]}``, busiest first.
+    ``{"servers": {id: {..., "inflight", "requests"}}, "minutes": n,
+    "routes": [{"route", "requests", "rps", "errors", "inflight", "p50_ms",
+    "p95_ms", "p99_ms", "mean_ms", "mean_queries", "ratelimited", "servers",
+    "series"}, ...] (busiest first), "ratelimits": [{"group", "checked",
+    "limited", "series"}, ...], "totals": {... all routes}, "error_series": [...]}``.
+    A ``series`` counts requests (blocked requests, 5xx) per minute, oldest first.
     """
     now = time.time() if now is None else now
     servers = live_servers(now)
@@ -222,33 +319,105 @@ def fleet_snapshot(
         servers = {sid: info for sid, info in servers.items() if sid == server}
     gateway = get_gateway()
     current = int(now // 60)
-    window = range(current - minutes + 1, current + 1)
-    keys = [
-        (sid, gateway.key("fleet", "stats", sid, minute)) for sid in servers for minute in window
-    ]
+    window = list(range(current - minutes + 1, current + 1))
+    reads: list[tuple[str, str, int, str]] = []  # (kind, server, minute index, key)
+    for sid in servers:
+        reads.append(("inflight", sid, -1, gateway.key("fleet", "stats", sid, "inflight")))
+        for index, minute in enumerate(window):
+            reads.append(("routes", sid, index, gateway.key("fleet", "stats", sid, minute)))
+            reads.append(
+                ("groups", sid, index, gateway.key("fleet", "stats", sid, minute, "ratelimit"))
+            )
 
     def read(client: Any) -> list[Any]:
         pipe = client.pipeline(transaction=False)
-        for _, key in keys:
+        for *_, key in reads:
             pipe.hgetall(key)
         return list(pipe.execute())
 
-    results: list[Any] = gateway.run(read, []) if keys else []
+    results: list[Any] = gateway.run(read, []) if reads else []
     totals: dict[str, dict[str, float]] = {}
+    series: dict[str, list[int]] = {}
     route_servers: dict[str, set[str]] = {}
-    for (sid, _), fields in zip(keys, results, strict=False):
+    inflight: dict[str, int] = {}
+    groups: dict[str, list[int]] = {}
+    group_series: dict[str, list[int]] = {}
+    error_series = [0] * minutes
+    per_server: dict[str, dict[str, int]] = {sid: {"requests": 0, "inflight": 0} for sid in servers}
+    for (kind, sid, index, _), fields in zip(reads, results, strict=False):
         for raw_field, raw_value in fields.items():
-            field = raw_field.decode() if isinstance(raw_field, bytes) else str(raw_field)
-            route, _, name = field.rpartition("|")
-            row = totals.setdefault(route, dict.fromkeys(_FIELDS, 0.0))
-            row[name] = row.get(name, 0.0) + float(raw_value)
-            route_servers.setdefault(route, set()).add(sid)
-    rows = [_row(route, row, minutes, route_servers[route]) for route, row in totals.items()]
+            field = _text(raw_field)
+            if kind == "inflight":
+                count = int(raw_value)
+                inflight[field] = inflight.get(field, 0) + count
+                per_server[sid]["inflight"] += count
+                route_servers.setdefault(field, set()).add(sid)
+                continue
+            name, _, what = field.rpartition("|")
+            if kind == "groups":
+                row_g = groups.setdefault(name, [0, 0])
+                row_g[0 if what == "checked" else 1] += int(raw_value)
+                if what == "limited":
+                    group_series.setdefault(name, [0] * minutes)[index] += int(raw_value)
+                continue
+            row = totals.setdefault(name, dict.fromkeys(_FIELDS, 0.0))
+            row[what] = row.get(what, 0.0) + float(raw_value)
+            route_servers.setdefault(name, set()).add(sid)
+            if what == "n":
+                series.setdefault(name, [0] * minutes)[index] += int(raw_value)
+                per_server[sid]["requests"] += int(raw_value)
+            elif what == "err":
+                error_series[index] += int(raw_value)
+    for route in inflight:
+        totals.setdefault(route, dict.fromkeys(_FIELDS, 0.0))
+    rows = [
+        _row(
+            route,
+            row,
+            minutes,
+            route_servers.get(route, ()),
+            inflight.get(route, 0),
+            series.get(route, [0] * minutes),
+        )
+        for route, row in totals.items()
+    ]
     rows.sort(key=lambda r: (-r["requests"], r["route"]))
-    return {"servers": servers, "minutes": minutes, "routes": rows}
+    everything = dict.fromkeys(_FIELDS, 0.0)
+    for row in totals.values():
+        for name in _FIELDS:
+            everything[name] += row[name]
+    all_series = [sum(values[i] for values in series.values()) for i in range(minutes)]
+    summary = _row("(all)", everything, minutes, servers, sum(inflight.values()), all_series)
+    ratelimits: list[dict[str, Any]] = [
+        {
+            "group": group,
+            "checked": checked,
+            "limited": limited,
+            "series": group_series.get(group, [0] * minutes),
+        }
+        for group, (checked, limited) in groups.items()
+    ]
+    ratelimits.sort(key=lambda g: (-int(g["limited"]), -int(g["checked"]), str(g["group"])))
+    for sid, info in servers.items():
+        info.update(per_server[sid])
+    return {
+        "servers": servers,
+        "minutes": minutes,
+        "routes": rows,
+        "ratelimits": ratelimits,
+        "totals": summary,
+        "error_series": error_series,
+    }
 
 
-def _row(route: str, row: dict[str, float], minutes: int, servers: Iterable[str]) -> dict[str, Any]:
+def _row(
+    route: str,
+    row: dict[str, float],
+    minutes: int,
+    servers: Iterable[str],
+    inflight: int,
+    series: list[int],
+) -> dict[str, Any]:
     total = int(row["n"])
     histogram = [int(row[f"b{i}"]) for i in range(len(BUCKETS_MS) + 1)]
     return {
@@ -256,6 +425,7 @@ def _row(route: str, row: dict[str, float], minutes: int, servers: Iterable[str]
         "requests": total,
         "rps": round(total / (minutes * 60), 3),
         "errors": int(row["err"]),
+        "inflight": inflight,
         "p50_ms": _percentile(histogram, total, 0.50),
         "p95_ms": _percentile(histogram, total, 0.95),
         "p99_ms": _percentile(histogram, total, 0.99),
@@ -263,4 +433,5 @@ def _row(route: str, row: dict[str, float], minutes: int, servers: Iterable[str]
         "mean_queries": round(row["q"] / total, 2) if total else None,
         "ratelimited": int(row["rl"]),
         "servers": sorted(servers),
+        "series": series,
     }

@@ -43,6 +43,7 @@ __all__ = [
     "ProfileRun",
     "astart_for_caller",
     "load_profile",
+    "recent_profiles",
     "resolve_caller",
     "start_for_caller",
     "start_for_staff",
@@ -54,23 +55,30 @@ logger = logging.getLogger("django_perfkit.profiler")
 #: under ASGI (follow this request's task, not the loop's other tasks).
 AsyncMode = Literal["enabled", "disabled"]
 
-#: Keeps a profile and trims the index to the newest MAX_PROFILES (deleting the
-#: others' entries). KEYS: index (sorted set), entry. ARGV: id, now, payload,
-#: ttl, max, entry key prefix.
+#: Keeps a profile and its summary, and trims the index to the newest
+#: MAX_PROFILES within TTL (deleting the others' entries and summaries).
+#: KEYS: index (sorted set), entry, summaries (hash). ARGV: id, now, payload,
+#: ttl, max, entry key prefix, summary.
 _STORE = LuaScript(
     """
 local ttl = tonumber(ARGV[4])
 redis.call('SET', KEYS[2], ARGV[3], 'EX', ttl)
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[2]) - ttl)
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[7])
+local function drop(ids)
+  for _, old in ipairs(ids) do
+    redis.call('DEL', ARGV[6] .. old)
+    redis.call('HDEL', KEYS[3], old)
+    redis.call('ZREM', KEYS[1], old)
+  end
+end
+drop(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[2]) - ttl))
 local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[5])
 if extra > 0 then
-  for _, old in ipairs(redis.call('ZRANGE', KEYS[1], 0, extra - 1)) do
-    redis.call('DEL', ARGV[6] .. old)
-  end
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1)
+  drop(redis.call('ZRANGE', KEYS[1], 0, extra - 1))
 end
 redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[3], ttl)
 return 1
 """,
     name="profile-store",
@@ -139,11 +147,13 @@ class ProfileRun:
         gateway = get_gateway()
         index = gateway.key("profile", "store")
         entry = gateway.key("profile", "store", profile_id)
+        summaries = gateway.key("profile", "store", "summaries")
         prefix = entry[: -len(profile_id)]
+        summary = json.dumps(payload["meta"])
         stored = gateway.run_script(
             _STORE,
-            [index, entry],
-            [profile_id, time.time(), blob, conf.ttl, conf.max_profiles, prefix],
+            [index, entry, summaries],
+            [profile_id, time.time(), blob, conf.ttl, conf.max_profiles, prefix, summary],
             None,
         )
         if stored is None:
@@ -248,6 +258,33 @@ def load_profile(profile_id: str) -> dict[str, Any] | None:
     except (zlib.error, ValueError):
         return None
     return data
+
+
+def recent_profiles(limit: int = 50) -> list[dict[str, Any]]:
+    """The kept profiles' summaries, newest first: ``{"id", "method", "path",
+    "status", "duration_ms", "who", "at"}`` (empty without Redis)."""
+    gateway = get_gateway()
+    index = gateway.key("profile", "store")
+    summaries = gateway.key("profile", "store", "summaries")
+
+    def read(client: Any) -> list[Any]:
+        ids = client.zrevrange(index, 0, max(0, limit - 1))
+        if not ids:
+            return []
+        return list(zip(ids, client.hmget(summaries, ids), strict=True))
+
+    found = []
+    pairs: list[tuple[Any, Any]] = gateway.run(read, [])
+    for raw_id, text in pairs:
+        if text is None:
+            continue
+        try:
+            summary = dict(json.loads(text))
+        except ValueError:
+            continue
+        summary["id"] = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+        found.append(summary)
+    return found
 
 
 def render(data: dict[str, Any], fmt: str) -> str:

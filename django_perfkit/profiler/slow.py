@@ -25,7 +25,7 @@ from django_perfkit.queries.fingerprint import fingerprint
 from django_perfkit.record import RequestRecord
 from django_perfkit.redis import get_gateway
 
-__all__ = ["recent_slow_requests", "report_slow_request", "summarise"]
+__all__ = ["recent_slow_requests", "report_slow_request", "slow_request_count", "summarise"]
 
 logger = logging.getLogger("django_perfkit.slow")
 
@@ -58,7 +58,17 @@ def summarise(record: RequestRecord) -> dict[str, Any]:
             label: round(section.time * 1000, 3) for label, section in record.sections.items()
         },
         "ratelimited": any(decision.limited for decision in record.ratelimits),
-        "nplusone": len(record.nplusone),
+        "nplusone": [
+            {
+                "relation": finding.relation,
+                "count": finding.count,
+                "time_ms": round(finding.time_ms, 3),
+                "sql": finding.fingerprint,
+                "location": finding.location,
+                "suggestion": finding.suggestion,
+            }
+            for finding in record.nplusone
+        ],
         "index_advice": [advice.suggestion for advice in record.index_advice],
         "profile_id": record.profile_id,
         "slowest_queries": [
@@ -123,3 +133,10 @@ def recent_slow_requests(limit: int = 50) -> list[dict[str, Any]]:
         except ValueError:
             continue
     return found
+
+
+def slow_request_count() -> int:
+    """How many slow requests are kept (0 without Redis)."""
+    gateway = get_gateway()
+    key = gateway.key("slow", "requests")
+    return int(gateway.run(lambda client: client.llen(key), 0))

@@ -3,7 +3,8 @@
 ``path("perfkit/", include("django_perfkit.urls"))`` in the project's URLs
 serves ``perfkit/profiles/<id>/`` (pyinstrument's HTML page) and
 ``perfkit/profiles/<id>/speedscope.json`` (for https://www.speedscope.app).
-Allowed: staff users, a client in ``INTERNAL_IPS`` under ``DEBUG``, or
+Allowed: those who may open the panel (staff users by default,
+``PANEL["PERMISSION"]``), a client in ``INTERNAL_IPS`` under ``DEBUG``, or
 ``?token=`` with a valid profile token. Anyone else gets the same 404 as
 for a profile that does not exist.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 from django.conf import settings as django_settings
 from django.http import Http404, HttpRequest, HttpResponse
 
+from django_perfkit.panel.access import may_open_panel
 from django_perfkit.profiler.session import load_profile, render
 from django_perfkit.profiler.tokens import read_token
 
@@ -20,8 +22,7 @@ __all__ = ["profile_html", "profile_speedscope"]
 
 
 def _may_view(request: HttpRequest) -> bool:
-    user = getattr(request, "user", None)
-    if user is not None and user.is_active and user.is_staff:
+    if may_open_panel(request):
         return True
     if django_settings.DEBUG and request.META.get("REMOTE_ADDR") in getattr(
         django_settings, "INTERNAL_IPS", ()

@@ -16,54 +16,19 @@ import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connections
 
-from django_perfkit.queries.fingerprint import fingerprint
-
-_ACTIVITY = """
-SELECT pid, usename, application_name, client_addr::text, state, wait_event_type, wait_event,
-       EXTRACT(EPOCH FROM (now() - query_start)) AS query_seconds,
-       EXTRACT(EPOCH FROM (now() - xact_start)) AS xact_seconds,
-       pg_blocking_pids(pid) AS blocked_by, query
-FROM pg_stat_activity
-WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
-ORDER BY query_start NULLS LAST
-"""
+from django_perfkit.panel.database import NotPostgreSQL, signal_backend
+from django_perfkit.panel.database import activity as _activity
 
 
 def activity(
     alias: str = "default", min_duration: float = 0.0, show_params: bool = False
 ) -> list[dict[str, Any]]:
-    """The sessions of ``alias``'s database, as dicts (longest-running first)."""
-    connection = connections[alias]
-    if connection.vendor != "postgresql":
-        raise CommandError(
-            f"perfkit_pgactivity reads pg_stat_activity: database {alias!r} is "
-            f"{connection.vendor}, not PostgreSQL"
-        )
-    with connection.cursor() as cursor:
-        cursor.execute(_ACTIVITY)
-        names = [column[0] for column in cursor.description]
-        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-    found = []
-    for row in rows:
-        seconds = float(row["query_seconds"] or 0)
-        xact = None if row["xact_seconds"] is None else float(row["xact_seconds"])
-        if min_duration:
-            # What an on-call engineer looks for: long queries, and sessions
-            # holding a transaction (and its locks) open while doing nothing.
-            long_query = row["state"] == "active" and seconds >= min_duration
-            idle_open = row["state"] == "idle in transaction" and (xact or 0) >= min_duration
-            if not (long_query or idle_open):
-                continue
-        row["query_seconds"] = round(seconds, 3)
-        row["xact_seconds"] = None if xact is None else round(xact, 3)
-        row["blocked_by"] = list(row["blocked_by"] or [])
-        text = row["query"] or ""
-        row["query"] = text if show_params else fingerprint(text)
-        found.append(row)
-    found.sort(key=lambda r: -r["query_seconds"])
-    return found
+    """:func:`django_perfkit.panel.database.activity`, its errors as ``CommandError``."""
+    try:
+        return _activity(alias, min_duration, show_params)
+    except NotPostgreSQL as error:
+        raise CommandError(f"perfkit_pgactivity reads {error}") from None
 
 
 class Command(BaseCommand):
@@ -86,14 +51,11 @@ class Command(BaseCommand):
         alias = options["database"]
         if options["cancel"] is not None and options["terminate"] is not None:
             raise CommandError("give --cancel or --terminate, not both")
-        for action, function in (
-            ("cancel", "pg_cancel_backend"),
-            ("terminate", "pg_terminate_backend"),
-        ):
+        for action in ("cancel", "terminate"):
             pid = options[action]
             if pid is None:
                 continue
-            self._signal(alias, action, function, pid, options)
+            self._signal(alias, action, pid, options)
             return
         while True:
             rows = activity(alias, options["min_duration"], options["show_params"])
@@ -108,9 +70,7 @@ class Command(BaseCommand):
             except KeyboardInterrupt:
                 return
 
-    def _signal(
-        self, alias: str, action: str, function: str, pid: int, options: dict[str, Any]
-    ) -> None:
+    def _signal(self, alias: str, action: Any, pid: int, options: dict[str, Any]) -> None:
         target = [
             row for row in activity(alias, show_params=options["show_params"]) if row["pid"] == pid
         ]
@@ -126,9 +86,10 @@ class Command(BaseCommand):
                 answer = ""
             if answer.strip().lower() not in ("y", "yes"):
                 raise CommandError("not confirmed: nothing done (--yes to skip the question)")
-        with connections[alias].cursor() as cursor:
-            cursor.execute(f"SELECT {function}(%s)", [pid])
-            (done,) = cursor.fetchone()
+        try:
+            done = signal_backend(alias, action, pid)
+        except LookupError as error:
+            raise CommandError(str(error)) from None
         self.stdout.write(f"{action} {pid}: {'done' if done else 'no such backend'}")
 
     @staticmethod
