@@ -388,6 +388,10 @@ _VALUE_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     ),
     "seconds": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
     "seconds>0": ("a number of seconds > 0", lambda v: _is_number(v) and v > 0),
+    "refresh": (
+        "0 (off) or a number of seconds >= 1",
+        lambda v: _is_number(v) and (v == 0 or v >= 1),
+    ),
     "permission": (
         'None or a permission "app_label.codename"',
         lambda v: v is None or (isinstance(v, str) and v.count(".") == 1 and " " not in v),
@@ -677,7 +681,7 @@ _PANEL_KINDS: dict[str, tuple[str, str]] = {
     "PERMISSION": ("permission", '"news.view_perfkit_panel"'),
     "SIGNAL_PERMISSION": ("permission", '"news.signal_backends"'),
     "SHOW_SQL_PARAMS": ("bool", "False"),
-    "REFRESH_SECONDS": ("seconds", "5"),
+    "REFRESH_SECONDS": ("refresh", "5"),
     "MINUTES": ("count>0", "15"),
 }
 

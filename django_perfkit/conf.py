@@ -162,7 +162,8 @@ PANEL_DEFAULTS: Final[dict[str, Any]] = {
     "SIGNAL_PERMISSION": None,
     # Show SQL with its literal values (user data) on the Database page.
     "SHOW_SQL_PARAMS": False,
-    # Seconds between two refreshes of a page (vanilla JS; 0: no auto-refresh).
+    # Seconds between two refreshes of a page (vanilla JS; 0: no auto-refresh;
+    # at least 1 otherwise: each refresh reads Redis).
     "REFRESH_SECONDS": 5,
     # Minutes of fleet stats a page shows unless ?minutes= says otherwise.
     "MINUTES": 15,
@@ -201,9 +202,11 @@ def _panel_settings(raw: Any) -> PanelSettings:
         show_sql_params=show is True,
         refresh_seconds=(
             float(refresh)
-            if isinstance(refresh, (int, float)) and not isinstance(refresh, bool) and refresh >= 0
+            if isinstance(refresh, (int, float))
+            and not isinstance(refresh, bool)
+            and (refresh == 0 or refresh >= 1)
             else 5.0
-        ),
+        ),  # fmt: skip
         minutes=(
             minutes
             if isinstance(minutes, int) and not isinstance(minutes, bool) and minutes > 0

@@ -85,8 +85,11 @@ class PerfkitMiddleware:
         finally:
             _current.reset(token)
             _close_guard(record)
-        response = _finish_profile(record, request, response, profile)
-        self._finish(record, request, response)
+        try:
+            response = _finish_profile(record, request, response, profile)
+            self._finish(record, request, response)
+        finally:
+            leave_route(record)  # whatever happened: not in flight any more
         self._report_to_outer(token, record)
         if guard_mode is not None:
             _enforce_guard(record, request, response, guard_mode, settings)
@@ -113,12 +116,15 @@ class PerfkitMiddleware:
         finally:
             _current.reset(token)
             _close_guard(record)
-        response = _finish_profile(record, request, response, profile)
-        if settings.server_timing in _NEEDS_USER or guard_mode == "warn":
-            # request.user is lazy and loading it queries the database, which
-            # must not happen on the event loop.
-            await aload_user(request)
-        self._finish(record, request, response)
+        try:
+            response = _finish_profile(record, request, response, profile)
+            if settings.server_timing in _NEEDS_USER or guard_mode == "warn":
+                # request.user is lazy and loading it queries the database, which
+                # must not happen on the event loop.
+                await aload_user(request)
+            self._finish(record, request, response)
+        finally:
+            leave_route(record)  # whatever happened (a cancelled task too)
         self._report_to_outer(token, record)
         if guard_mode is not None:
             _enforce_guard(record, request, response, guard_mode, settings)

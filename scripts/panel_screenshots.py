@@ -15,6 +15,7 @@ staff through the admin and photographs each page.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import os
@@ -101,10 +102,8 @@ def hold_a_lock(pg: PrivatePostgres, database: str, stop: threading.Event) -> No
     waiter = psycopg.connect(dsn, autocommit=True, application_name="gunicorn")
 
     def wait() -> None:
-        try:
+        with contextlib.suppress(psycopg.Error):  # ended by the rollback below
             waiter.execute("SELECT count(*) FROM news_comment WHERE author_name = 'alice'")
-        except psycopg.Error:
-            pass
 
     thread = threading.Thread(target=wait, daemon=True)
     thread.start()
@@ -174,9 +173,17 @@ def main() -> None:
             log = (logs / f"{port}.log").open("wb")
             servers.append(
                 subprocess.Popen(
-                    [sys.executable, str(ROOT / "testproject" / "manage.py"), "runserver",
-                     f"127.0.0.1:{port}", "--noreload"],
-                    env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                    [
+                        sys.executable,
+                        str(ROOT / "testproject" / "manage.py"),
+                        "runserver",
+                        f"127.0.0.1:{port}",
+                        "--noreload",
+                    ],
+                    env=env,
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )  # fmt: skip
             )
         for port in ports:

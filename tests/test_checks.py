@@ -368,6 +368,7 @@ def test_indexes_settings_checks(indexes: Any, expected: list[str]) -> None:
         ({"SIGNAL_PERMISSION": "a.b.c"}, ["perfkit.E022"]),
         ({"SHOW_SQL_PARAMS": "yes"}, ["perfkit.E022"]),
         ({"REFRESH_SECONDS": -1}, ["perfkit.E022"]),
+        ({"REFRESH_SECONDS": 0.2}, ["perfkit.E022"]),  # each refresh reads Redis
         ({"MINUTES": 0}, ["perfkit.E022"]),
         ({"DATABASE_ALIAS": "replica"}, ["perfkit.E022"]),
         ({"PERMISION": "auth.view_user"}, ["perfkit.W011"]),

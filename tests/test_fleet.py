@@ -246,7 +246,8 @@ def test_rate_limit_groups_in_flight_and_series() -> None:
     assert groups["news.search"]["series"][-1] == 1 and len(groups["news.search"]["series"]) == 3
     (row,) = snapshot["routes"]
     assert (row["requests"], row["ratelimited"], row["inflight"]) == (2, 1, 1)
-    assert row["series"] == [0, 0, 2]
+    # Both in the last minute, or across a minute's edge between the two adds.
+    assert sum(row["series"]) == 2 and len(row["series"]) == 3 and row["series"][0] == 0
     assert snapshot["totals"]["inflight"] == 1
     assert snapshot["servers"][_server_id()]["inflight"] == 1
     counts.leave("search/")

@@ -18,14 +18,21 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.db import connection
-from django.test import Client
+from django.http import HttpRequest, HttpResponse
+from django.test import Client, RequestFactory
+from django.urls import resolve
+from django.utils.crypto import get_random_string
 
+from django_perfkit.conf import get_settings
 from django_perfkit.fleet.stats import _server_id, fleet_snapshot, recorder
-from django_perfkit.panel.database import blocking_chains
+from django_perfkit.middleware import PerfkitMiddleware
+from django_perfkit.panel.database import blocking_chains, hide_values
 from django_perfkit.panel.svg import bar_chart, sparkline
 from django_perfkit.profiler import make_token
+from django_perfkit.profiler.session import recent_profiles
 from django_perfkit.profiler.slow import report_slow_request
 from django_perfkit.record import RequestRecord
+from tests.redis_servers import free_port
 from tests.test_demo_site import MakeArticles, make_articles  # noqa: F401  (a fixture)
 
 PAGES = [
@@ -149,12 +156,58 @@ def test_in_flight_requests_are_counted_while_their_view_runs(
     assert rows["articles/"]["requests"] == 1
 
 
+def _raising_get_response(middleware: PerfkitMiddleware) -> Any:
+    def get_response(request: HttpRequest) -> HttpResponse:
+        middleware.process_view(request, None, (), {})
+        assert recorder._inflight == {"articles/": 1}  # counted while the view runs
+        raise RuntimeError("the view failed")
+
+    return get_response
+
+
 def test_a_view_that_raises_leaves_nothing_in_flight(settings: Any) -> None:
     fleet_on(settings)
-    client = Client(raise_request_exception=False)
-    client.get("/articles/")
-    # The recorder's gauge is empty again whatever the outcome.
+    middleware = PerfkitMiddleware(lambda request: HttpResponse())
+    middleware.get_response = _raising_get_response(middleware)
+    request = RequestFactory().get("/articles/")
+    request.resolver_match = resolve("/articles/")
+    with pytest.raises(RuntimeError, match="the view failed"):
+        middleware(request)
     assert recorder._inflight == {}
+
+
+async def test_under_asgi_a_failure_after_the_view_leaves_nothing_in_flight(
+    settings: Any, monkeypatch: Any
+) -> None:
+    fleet_on(settings)
+    settings.PERFKIT["SERVER_TIMING"] = "staff"  # the user is loaded after the view
+
+    async def view_chain(request: HttpRequest) -> HttpResponse:
+        await middleware.process_view(request, None, (), {})
+        assert recorder._inflight == {"articles/": 1}
+        return HttpResponse()
+
+    async def user_loading_fails(request: HttpRequest) -> None:
+        raise ConnectionError("the database went away")
+
+    middleware = PerfkitMiddleware(view_chain)
+    monkeypatch.setattr("django_perfkit.middleware.aload_user", user_loading_fails)
+    request = RequestFactory().get("/articles/")
+    request.resolver_match = resolve("/articles/")
+    with pytest.raises(ConnectionError):
+        await middleware(request)
+    assert recorder._inflight == {}
+
+
+def test_the_panels_own_requests_are_not_in_flight(
+    settings: Any, staff_client: Client, monkeypatch: Any
+) -> None:
+    fleet_on(settings)
+    entered: list[str] = []
+    monkeypatch.setattr(recorder, "enter", entered.append)
+    staff_client.get("/perfkit/routes/")
+    staff_client.get("/healthz")
+    assert entered == ["healthz"]
 
 
 def test_rate_limits_page_counts_blocked_requests_per_group(
@@ -340,13 +393,40 @@ def test_cancel_needs_a_superuser_csrf_and_a_confirmation(settings: Any) -> None
         plain.force_login(staff)
         html = wait_for(plain, "/perfkit/database/", f"{waiter} ")
         assert "Terminate" not in html  # no buttons for staff
-        assert plain.post("/perfkit/database/signal/", {"pid": waiter}).status_code == 403
+        # Staff with a valid CSRF token: still not allowed (a 404, as for a stranger).
+        secret = get_random_string(32)  # a CSRF cookie and the same token in the form
+        plain.cookies["csrftoken"] = secret
+        staff_form = {
+            "csrfmiddlewaretoken": secret,
+            "pid": waiter,
+            "action": "cancel",
+            "confirmed": "1",
+        }
+        assert plain.post("/perfkit/database/signal/", staff_form).status_code == 404
+        assert blocked.is_alive()
         client = Client(enforce_csrf_checks=True)
         client.force_login(root)
         html = client.get("/perfkit/database/").content.decode()
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
         assert token, "no CSRF token in the Database page's forms"
-        form = {"csrfmiddlewaretoken": token.group(1), "pid": waiter, "action": "cancel"}
+        started = re.search(
+            rf'name="pid" value="{waiter}"><input type="hidden" name="backend_start" '
+            r'value="([^"]+)"',
+            html,
+        )
+        assert started, "the form names the session's start"
+        form = {
+            "csrfmiddlewaretoken": token.group(1),
+            "pid": waiter,
+            "action": "cancel",
+            "backend_start": started.group(1),
+        }
+        # The same pid with another session's start (a reused pid): nothing done.
+        reused = client.post(
+            "/perfkit/database/signal/", {**form, "backend_start": "1.0", "confirmed": "1"}
+        )
+        assert reused["Location"].endswith("done=0")
+        assert blocked.is_alive()
         # Without the token: refused.
         assert (
             client.post(
@@ -377,3 +457,45 @@ def test_the_panels_own_requests_are_not_counted(settings: Any, staff_client: Cl
     routes = {row["route"] for row in fleet_snapshot(1)["routes"]}
     assert routes == {"healthz"}
     assert recorder._inflight == {}
+
+
+@pytest.mark.parametrize(
+    ("sql", "shown"),
+    [
+        # pg_stat_activity cut the text inside a string: the rest is dropped.
+        ("SELECT 1 FROM t WHERE a = 'alice@exam", "SELECT ? FROM t WHERE a = …"),
+        ("SELECT $$secret$$, $tag$hunter2$tag$", "SELECT ?, ?"),
+        ("SELECT E'it\\'s secret' FROM t", "SELECT ? FROM t"),
+        ("SELECT /* user alice@example.com */ 1", "SELECT ?"),
+        ("SELECT 1 -- alice@example.com", "SELECT ? --"),
+        ("SELECT 2 /* alice, cut", "SELECT ? …"),
+    ],
+)
+def test_hide_values_leaves_no_value(sql: str, shown: str) -> None:
+    hidden = hide_values(sql)
+    assert hidden.startswith(shown)
+    for secret in ("alice", "secret", "hunter2", "exam"):
+        assert secret not in hidden
+
+
+def test_pages_say_when_redis_does_not_answer(settings: Any, staff_client: Client) -> None:
+    settings.PERFKIT = {
+        **settings.PERFKIT,
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        "FLEET": {"ENABLED": True},
+    }
+    for url in PAGES[:5]:
+        response = staff_client.get(url)
+        assert response.status_code == 200
+        assert b"Redis did not answer every read of this page" in response.content, url
+
+
+def test_expired_profiles_are_not_listed(settings: Any, client: Client, monkeypatch: Any) -> None:
+    fleet_on(settings)
+    staff = User.objects.create_user("late", password="pw", is_staff=True)
+    client.force_login(staff)
+    client.get("/articles/", HTTP_X_PERFKIT_PROFILE="1")
+    assert len(recent_profiles()) == 1
+    later = time.time() + get_settings().profiler.ttl + 5
+    monkeypatch.setattr("django_perfkit.profiler.session.time.time", lambda: later)
+    assert recent_profiles() == []

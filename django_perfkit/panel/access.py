@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from django.http import Http404, HttpRequest, HttpResponse
 
 from django_perfkit.conf import get_settings
+from django_perfkit.redis import get_gateway
 
 __all__ = ["may_open_panel", "may_signal", "panel_view"]
 
@@ -56,6 +57,8 @@ def panel_view(view: V) -> V:
         # The fleet stats are about the site: not the panel's own page loads,
         # assets and refreshes (report_fleet skips such a request).
         request._perfkit_panel = True  # type: ignore[attr-defined]
+        # Redis failures before the page's reads: more after them, and the page says so.
+        request._perfkit_redis_failures = get_gateway().failures  # type: ignore[attr-defined]
         response = view(request, *args, **kwargs)
         response["Cache-Control"] = "private, no-store"
         response["X-Content-Type-Options"] = "nosniff"

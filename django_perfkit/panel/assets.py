@@ -42,6 +42,7 @@ code, .sql { font: 12.5px/1.4 ui-monospace, SFMono-Regular, Menlo, monospace;
 .warn { color: var(--warn); }
 .notice { background: #fff8e6; border: 1px solid #f3d38a; padding: .6rem .9rem;
           border-radius: 6px; }
+.bad-notice { border-color: var(--bad); }
 .chart { background: #fff; border: 1px solid var(--line); border-radius: 6px;
          color: var(--accent); }
 .chart .bar { fill: currentColor; opacity: .75; }

@@ -5,7 +5,7 @@ Add ``"django_perfkit.panel.toolbar.PerfkitToolbarPanel"`` to
 perfkit; this module imports it). The panel reads the request record that
 ``PerfkitMiddleware`` opened (so ``PerfkitMiddleware`` must come before
 ``DebugToolbarMiddleware``): query count, time and duplicates, the N+1
-findings with their fix, unused prefetches, index advice, ``.cache()`` hits,
+findings with their fix, index advice, ``.cache()`` hits,
 rate-limit decisions and timed sections, the same summary a slow request gets
 (:func:`~django_perfkit.profiler.slow.summarise`).
 """

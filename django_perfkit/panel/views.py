@@ -81,10 +81,18 @@ def _when(timestamp: float | None) -> datetime.datetime | None:
 
 def _page(request: HttpRequest, template: str, page: str, **context: Any) -> HttpResponse:
     conf = get_settings()
+    gateway = get_gateway()
+    context.setdefault("refresh_seconds", conf.panel.refresh_seconds)
     context.update(
+        # For the script: "5" or "2.5", never localized ("2,5").
+        refresh_attribute=f"{context['refresh_seconds']:g}",
+        # Passed, not left to the "request" context processor a project may not have.
+        request=request,
         page=page,
-        refresh_seconds=conf.panel.refresh_seconds,
-        redis_ok=get_gateway().configured,
+        redis_configured=gateway.configured,
+        # A read that failed (or was skipped by the open breaker) while building
+        # this page: what it shows may be empty or partial, and it says so.
+        redis_failed=gateway.configured and gateway.failures > failures_before(request),
         now=_when(time.time()),
         window_choices=[m for m in (5, 15, 60, 180, 1440) if m <= conf.fleet.window_minutes],
     )
@@ -97,6 +105,10 @@ def _minute_labels(minutes: int, now: float) -> list[str]:
         time.strftime("%H:%M", time.gmtime(minute * 60))
         for minute in range(current - minutes + 1, current + 1)
     ]
+
+
+def failures_before(request: HttpRequest) -> int:
+    return int(getattr(request, "_perfkit_redis_failures", 0))
 
 
 @panel_view
@@ -276,6 +288,7 @@ def signal(request: HttpRequest) -> HttpResponse:
     if not may_signal(request):
         raise Http404("Page not found.")
     action = request.POST.get("action", "")
+    started = request.POST.get("backend_start") or None
     try:
         pid = int(request.POST.get("pid", ""))
     except ValueError:
@@ -285,7 +298,11 @@ def signal(request: HttpRequest) -> HttpResponse:
     alias = get_settings().panel.database_alias
     show = get_settings().panel.show_sql_params
     try:
-        target = [row for row in activity(alias, show_params=show) if row["pid"] == pid]
+        target = [
+            row
+            for row in activity(alias, show_params=show)
+            if row["pid"] == pid and started in (None, row["backend_start"])
+        ]
     except NotPostgreSQL as error:
         return HttpResponse(str(error), status=400, content_type="text/plain")
     if request.POST.get("confirmed") != "1":
@@ -296,9 +313,10 @@ def signal(request: HttpRequest) -> HttpResponse:
             action=action,
             pid=pid,
             target=target[0] if target else None,
+            refresh_seconds=0,  # a confirmation: nothing to refresh (and a POST-only URL)
         )
     try:
-        done = signal_backend(alias, action, pid)  # type: ignore[arg-type]
+        done = signal_backend(alias, action, pid, started)  # type: ignore[arg-type]
     except LookupError:
         done = False
     return redirect(

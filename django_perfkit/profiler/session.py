@@ -267,8 +267,12 @@ def recent_profiles(limit: int = 50) -> list[dict[str, Any]]:
     index = gateway.key("profile", "store")
     summaries = gateway.key("profile", "store", "summaries")
 
+    oldest = time.time() - get_settings().profiler.ttl
+
     def read(client: Any) -> list[Any]:
-        ids = client.zrevrange(index, 0, max(0, limit - 1))
+        # Newest first, and none older than TTL: the index is trimmed only when
+        # a profile is stored, and an expired entry would link to a 404.
+        ids = client.zrevrangebyscore(index, "+inf", oldest, start=0, num=max(1, limit))
         if not ids:
             return []
         return list(zip(ids, client.hmget(summaries, ids), strict=True))

@@ -36,12 +36,16 @@ def _profile(request: HttpRequest, profile_id: str) -> dict[str, object]:
     data = load_profile(profile_id) if _may_view(request) else None
     if data is None:
         raise Http404("No such profile.")
+    # Opening a profile is not the site's traffic: not in the fleet stats.
+    request._perfkit_panel = True  # type: ignore[attr-defined]
     return data
 
 
 def _private(response: HttpResponse) -> HttpResponse:
     response["Cache-Control"] = "private, no-store"
     response["X-Content-Type-Options"] = "nosniff"
+    response["Referrer-Policy"] = "same-origin"
+    response["X-Frame-Options"] = "DENY"
     return response
 
 
