@@ -39,6 +39,7 @@ demo: install
 	@echo "  /articles/naive/     the same list with N+1 queries"
 	@echo "  /api/articles/       JSON API      /api/articles/naive/   its N+1 twin"
 	@echo "  /search/?q=the       search        /login/   demo / demo-password"
+	@echo "  /comments/?author=Ada+L.   a commenter's page (indexed)   /comments/naive/?author=Ada+L.   its unindexed twin"
 	@echo "  curl -i http://127.0.0.1:8000/articles/ | grep Server-Timing"
 	@echo ""
 	PERFKIT_DEMO_QUIET=1 $(BIN)/python testproject/manage.py runserver 127.0.0.1:8000

@@ -15,6 +15,7 @@ class PerfkitConfig(AppConfig):
         from django_perfkit import checks  # noqa: F401  (registers the system checks)
         from django_perfkit.collectors import db
         from django_perfkit.conf import reset
+        from django_perfkit.queries import checks as index_checks  # noqa: F401  (perfkit.W012)
 
         setting_changed.connect(reset, dispatch_uid="django_perfkit.conf.reset")
         connection_created.connect(db.install, dispatch_uid="django_perfkit.collectors.db")

@@ -121,6 +121,8 @@ def test_urls_are_the_documented_paths() -> None:
     assert reverse("news:api_articles_naive") == "/api/articles/naive/"
     assert reverse("news:api_articles_async") == "/api/articles/async/"
     assert reverse("news:search") == "/search/"
+    assert reverse("news:comments_by") == "/comments/"
+    assert reverse("news:comments_by_naive") == "/comments/naive/"
     assert reverse("news:login") == "/login/"
     assert reverse("news:logout") == "/logout/"
     assert reverse("news:healthz") == "/healthz"

@@ -188,11 +188,16 @@ def settings_explain(settings: Any) -> float:
     return indexes.explain_ms / 1000 if indexes.enabled else float("inf")
 
 
+#: The databases the index advisor reads plans of (``queries.indexes.VENDORS``;
+#: repeated here so that the collector does not import the advisor until needed).
+ADVISED_VENDORS = ("postgresql", "sqlite")
+
+
 def _advise(record: Any, connection: Any, sql: Any, params: Any, site: Any) -> None:
     try:
         # One plain SELECT: not a psycopg sql.Composed, not "SELECT ...; DELETE ..."
         # (EXPLAIN would run the statements after the first).
-        if not isinstance(sql, str) or ";" in sql or connection.vendor != "postgresql":
+        if not isinstance(sql, str) or ";" in sql or connection.vendor not in ADVISED_VENDORS:
             return
         if sql.lstrip()[:6].upper() != "SELECT":
             return

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.urls import reverse
 
 from django_perfkit.cache import CachedManager, CachedQuerySetMixin
@@ -143,6 +144,45 @@ class Comment(models.Model):
 
     class Meta:
         ordering = ["created_at"]
+        indexes = [
+            # A commenter's latest approved comments (views.comments_by): found by
+            # name, read newest first, without a sort. The index perfkit's advisor
+            # names for the same query on UnindexedComment (migration 0004).
+            models.Index(
+                fields=["author_name", "created_at"],
+                name="comment_author_create_idx",
+                condition=Q(is_approved=True),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"Comment by {self.author_name} on article #{self.article_id}"
+
+
+class UnindexedComment(models.Model):
+    """DELIBERATELY UNINDEXED copy of :class:`Comment` -- a missing index on purpose.
+
+    The same columns and rows (migration 0003 copies the comments, ``seed``
+    writes both), with no index but the primary key: not on ``author_name``,
+    not even on the ``article`` key. :func:`views.comments_by_naive` runs on it
+    the query :func:`views.comments_by` runs on ``Comment``, so perfkit's index
+    advisor has a real sequential scan to find, side by side with the fixed
+    version. Keep it unindexed; nothing writes to it but ``seed``.
+    """
+
+    # No constraint and DO_NOTHING: deleting an article neither fails on nor
+    # visits this demo table (no extra query in Comment's or Article's writes).
+    article = models.ForeignKey(
+        Article,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    author_name = models.CharField(max_length=80)
+    body = models.TextField(max_length=5000)
+    created_at = models.DateTimeField()
+    is_approved = models.BooleanField(default=True)
+
+    def __str__(self) -> str:
+        return f"Comment by {self.author_name} on article #{self.article_id} (unindexed copy)"

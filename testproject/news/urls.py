@@ -18,6 +18,8 @@ urlpatterns = [
     path("api/articles/", views.api_articles, name="api_articles"),
     path("api/articles/naive/", views.api_articles_naive, name="api_articles_naive"),
     path("api/articles/async/", views.api_articles_async, name="api_articles_async"),
+    path("comments/", views.comments_by, name="comments_by"),
+    path("comments/naive/", views.comments_by_naive, name="comments_by_naive"),
     path("search/", views.search, name="search"),
     path(
         "login/",

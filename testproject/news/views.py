@@ -5,7 +5,9 @@ number of queries per request, and the hot reads (home page blocks, lists, the a
 page, the API) served from Redis with perfkit's ``.cache()``. Two are *deliberately
 naive* (``article_list_naive`` and ``api_articles_naive``): they issue one query per row
 and related object (an N+1) so django-perfkit's query guards and profiler have a real
-problem to find. Do not "fix" them, and do not cache them.
+problem to find. Do not "fix" them, and do not cache them. ``comments_by_naive`` is
+the third: the same query as ``comments_by``, on a copy of the comments table without
+its index (``UnindexedComment``), so the index advisor has a real scan to find.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from django.views.decorators.http import require_POST, require_safe
 from django_perfkit import ratelimit
 
 from .forms import CommentForm
-from .models import Article, ArticleQuerySet, ArticleStats, Category
+from .models import Article, ArticleQuerySet, ArticleStats, Category, Comment, UnindexedComment
 from .stats import awith_comment_counts, most_discussed, with_comment_counts
 
 PAGE_SIZE = 20
@@ -33,6 +35,7 @@ HOME_LATEST = 10
 HOME_PER_CATEGORY = 3
 SEARCH_LIMIT = 50
 SEARCH_MAX_QUERY_LENGTH = 100
+COMMENTS_BY_LIMIT = 20
 
 
 def demo_rate(name: str) -> Any:
@@ -178,6 +181,59 @@ def search(request: HttpRequest) -> HttpResponse:
         "news/search.html",
         {"query": query, "results": results, "limit": SEARCH_LIMIT},
     )
+
+
+def _commenter(request: HttpRequest) -> str:
+    # As long as the form lets a name be (CommentForm's max_length).
+    return request.GET.get("author", "").strip()[:80]
+
+
+def _render_comments_by(
+    request: HttpRequest, author: str, comments: list[Any], *, naive: bool
+) -> HttpResponse:
+    return render(
+        request,
+        "news/comments_by.html",
+        {"author": author, "comments": comments, "naive": naive, "limit": COMMENTS_BY_LIMIT},
+    )
+
+
+@require_safe
+def comments_by(request: HttpRequest) -> HttpResponse:
+    """A commenter's latest approved comments (``?author=<name>``), newest first: one query.
+
+    ``Comment``'s partial index on (author_name, created_at) for approved comments
+    (migration 0004) serves it: the database reads the commenter's newest rows off
+    the index, with no scan of the table and no sort. Not cached: this page shows
+    what an index does to the query itself.
+    """
+    author = _commenter(request)
+    comments: list[Any] = []
+    if author:
+        latest = Comment.objects.filter(
+            author_name=author, is_approved=True, article__is_published=True
+        ).order_by("-created_at")
+        comments = list(latest.select_related("article")[:COMMENTS_BY_LIMIT])
+    return _render_comments_by(request, author, comments, naive=False)
+
+
+@require_safe
+def comments_by_naive(request: HttpRequest) -> HttpResponse:
+    """DELIBERATELY UNINDEXED copy of :func:`comments_by` -- a missing index on purpose.
+
+    The same query on ``UnindexedComment``, the same rows without the index: the
+    database reads the whole table for one commenter's rows, then sorts them for
+    the LIMIT. perfkit's index advisor names the index that ``Comment`` has;
+    keep this one without it.
+    """
+    author = _commenter(request)
+    comments: list[Any] = []
+    if author:
+        latest = UnindexedComment.objects.filter(
+            author_name=author, is_approved=True, article__is_published=True
+        ).order_by("-created_at")
+        comments = list(latest.select_related("article")[:COMMENTS_BY_LIMIT])
+    return _render_comments_by(request, author, comments, naive=True)
 
 
 @never_cache

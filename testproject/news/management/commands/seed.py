@@ -4,7 +4,9 @@ Defaults: 2,000 articles, 20,000 comments (10 x articles), 8 categories, 40 auth
 30 tags, 0-4 tags per article, publication dates over the last two years, and comments
 skewed towards a few popular articles (so some rows are "hot"). Rows are built in memory
 with model-bakery (``baker.prepare``) from a ``random.Random(seed)`` and written with
-``bulk_create``, all in one transaction.
+``bulk_create``, all in one transaction. Each comment is written twice: to ``Comment``
+and to its deliberately unindexed copy ``UnindexedComment`` (``/comments/naive/``), so
+the default 20,000 are above the index advisor's ``MIN_ROWS`` (10,000) on both.
 
 It also creates the demo users ``demo`` / ``demo-password`` and the DEMO-ONLY superuser
 ``admin`` / ``admin-password`` when they are missing.
@@ -27,7 +29,15 @@ from django.utils import timezone
 from django.utils.text import slugify
 from model_bakery import baker
 
-from testproject.news.models import Article, ArticleStats, Author, Category, Comment, Tag
+from testproject.news.models import (
+    Article,
+    ArticleStats,
+    Author,
+    Category,
+    Comment,
+    Tag,
+    UnindexedComment,
+)
 
 DEMO_USER = ("demo", "demo-password")
 DEMO_ADMIN = ("admin", "admin-password")
@@ -256,7 +266,15 @@ class Command(BaseCommand):
             return
         tables = [
             model._meta.db_table
-            for model in (Category, Author, Tag, Article, Article.tags.through, Comment)
+            for model in (
+                Category,
+                Author,
+                Tag,
+                Article,
+                Article.tags.through,
+                Comment,
+                UnindexedComment,
+            )
         ]
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE " + ", ".join(connection.ops.quote_name(t) for t in tables))
@@ -425,4 +443,18 @@ class Command(BaseCommand):
         # spread-out timestamps set above (bulk_update instead would cost ~20x the time).
         with _auto_now_add_suspended(Comment, "created_at"):
             Comment.objects.bulk_create(comments, batch_size=BATCH_SIZE)
+        # The same rows in the table without the index, for /comments/naive/.
+        UnindexedComment.objects.bulk_create(
+            (
+                UnindexedComment(
+                    article_id=c.article_id,
+                    author_name=c.author_name,
+                    body=c.body,
+                    created_at=c.created_at,
+                    is_approved=c.is_approved,
+                )
+                for c in comments
+            ),
+            batch_size=BATCH_SIZE,
+        )
         return len(comments)
