@@ -31,8 +31,9 @@ baseline.
 
 **Test suite**: the demo site's tests (``pytest tests/test_demo_site.py``,
 PostgreSQL and Redis on loopback) with the pytest plugin disabled
-(``-p no:django_perfkit``), loaded, checking budgets, and with the N+1 guard
-warning (``--perfkit-nplusone=warn``) when the plugin has that option: median
+(``-p no:django_perfkit``), loaded, checking budgets, with the N+1 guard
+warning (``--perfkit-nplusone=warn``) and with the index advisor explaining
+every query shape (``--perfkit-explain=report``): median
 wall time of interleaved runs, process start included, the CPU time of
 pytest's process (user and system; less disturbed by other work on the
 machine than the wall time) and pytest's own time. Every configuration
@@ -97,6 +98,9 @@ def suite_configs() -> dict[str, list[str]]:
     ).stdout
     if "--perfkit-nplusone" in helptext:
         configs["`--perfkit-nplusone=warn`"] = ["--perfkit-nplusone=warn"]
+    if "--perfkit-explain" in helptext:
+        # The index advisor explains every query shape of the run (once each).
+        configs["`--perfkit-explain=report`"] = ["--perfkit-explain=report"]
     return configs
 
 

@@ -88,6 +88,7 @@ def _row(comment: Any) -> tuple[Any, ...]:
     return (comment.article_id, comment.author_name, comment.body, comment.created_at)
 
 
+@pytest.mark.index_advice_expected  # the naive page, on purpose
 def test_the_naive_page_gets_advice_naming_the_column_and_the_model(
     comments: None, client: Client
 ) -> None:
@@ -111,6 +112,7 @@ def test_the_naive_page_gets_advice_naming_the_column_and_the_model(
     assert index.condition == Q(is_approved=True)
 
 
+@pytest.mark.index_advice_expected  # the naive page, on purpose
 def test_the_indexed_page_gets_no_advice_and_shows_the_same_comments(
     comments: None, client: Client
 ) -> None:
@@ -128,6 +130,7 @@ def test_the_indexed_page_gets_no_advice_and_shows_the_same_comments(
     assert all(c.is_approved for c in indexed.context["comments"])
 
 
+@pytest.mark.index_advice_expected  # the naive page, on purpose
 def test_adding_the_suggested_index_silences_the_naive_page(comments: None, client: Client) -> None:
     with capture(explain=True) as report:
         client.get("/comments/naive/", {"author": READER})

@@ -344,6 +344,18 @@ def test_unindexed_filter(many_events):
 @pytest.mark.django_db(transaction=True)
 def test_key_lookup(many_events):
     assert Event.objects.filter(pk=1).exists() in (True, False)
+
+
+@pytest.mark.index_advice_expected
+@pytest.mark.django_db(transaction=True)
+def test_deliberately_unindexed(many_events):
+    assert not Event.objects.filter(name="somebody").exists()
+
+
+@pytest.mark.index_advice_expected
+@pytest.mark.django_db(transaction=True)
+def test_marked_but_indexed(many_events):
+    assert Event.objects.filter(pk=2).exists() in (True, False)
 """
 
 
@@ -353,11 +365,14 @@ def test_key_lookup(many_events):
 def test_perfkit_explain_fails_or_reports_tests_with_index_advice(tmp_path: Path) -> None:
     (tmp_path / "test_explained.py").write_text(EXPLAINED)
     text = _run_inner(tmp_path, "--perfkit-explain=fail")
-    assert "1 failed, 1 passed" in text, text
+    assert "2 failed, 2 passed" in text, text
     assert "FAILED test_explained.py::test_unindexed_filter" in text
     assert "missing index: guardapp.Event" in text
     assert 'fix: add models.Index(fields=["name"]' in text
+    # The marked naive test passes; the marked one with nothing to advise fails.
+    assert "FAILED test_explained.py::test_marked_but_indexed" in text
+    assert "marked index_advice_expected, but perfkit's index advisor had nothing" in text
     text = _run_inner(tmp_path, "--perfkit-explain=report")
-    assert "2 passed" in text, text
+    assert "4 passed" in text, text
     assert "perfkit: index advice in 1 tests:" in text
     assert "test_explained.py::test_unindexed_filter" in text

@@ -19,8 +19,10 @@ django-perfkit is installed; it does nothing to a test that does not ask:
   matched nothing in the run are listed at the end.
 
 * ``--perfkit-explain=fail`` fails every test whose queries get index advice
-  (on PostgreSQL: every query shape is explained); ``=report`` lists the
-  advice at the end of the run.
+  (every query shape is explained, on PostgreSQL and SQLite); ``=report``
+  lists the advice at the end of the run. A test marked
+  ``@pytest.mark.index_advice_expected`` must get some (a deliberately
+  unindexed query that the advisor has to catch), and does not fail for it.
 
 Works with ``pytest-xdist``: workers send what they recorded and what
 improved to the controller, which writes the file and prints the summary.
@@ -77,6 +79,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "nplusone_expected: the test exercises a deliberate N+1; with --perfkit-nplusone "
         "it must have one, and it does not fail for it (django-perfkit)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "index_advice_expected: the test runs a deliberately unindexed query; with "
+        "--perfkit-explain it must get index advice, and does not fail for it (django-perfkit)",
     )
     path = config.getoption("perfkit_budgets", None)
     if config.getoption("perfkit_record", False) and not path:
@@ -295,12 +302,26 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
         budgets.check(item.nodeid, report)
     if nplusone != "off":
         _check_nplusone(item, report, nplusone)
-    if explain != "off" and report.index_advice:
-        text = "\n".join(str(advice) for advice in report.index_advice)
-        if explain == "fail":
-            pytest.fail(f"perfkit: index advice for this test's queries:\n{text}", pytrace=False)
-        item.config.stash[_ADVICE].append((item.nodeid, text))
+    if explain != "off":
+        _check_index_advice(item, report, explain)
     return result
+
+
+def _check_index_advice(item: pytest.Item, report: Any, mode: str) -> None:
+    if item.get_closest_marker("index_advice_expected") is not None:
+        if not report.index_advice and mode == "fail":
+            pytest.fail(
+                "marked index_advice_expected, but perfkit's index advisor had nothing to "
+                f"say here: remove the mark if the index was added\n{report}",
+                pytrace=False,
+            )
+        return
+    if not report.index_advice:
+        return
+    text = "\n".join(str(advice) for advice in report.index_advice)
+    if mode == "fail":
+        pytest.fail(f"perfkit: index advice for this test's queries:\n{text}", pytrace=False)
+    item.config.stash[_ADVICE].append((item.nodeid, text))
 
 
 def _check_nplusone(item: pytest.Item, report: Any, mode: str) -> None:
