@@ -13,13 +13,14 @@ class PerfkitConfig(AppConfig):
         from django.db.backends.signals import connection_created
 
         from django_perfkit import checks  # noqa: F401  (registers the system checks)
-        from django_perfkit.collectors import db
+        from django_perfkit.collectors import db, templates
         from django_perfkit.conf import reset
         from django_perfkit.queries import checks as index_checks  # noqa: F401  (perfkit.W012)
 
         setting_changed.connect(reset, dispatch_uid="django_perfkit.conf.reset")
         connection_created.connect(db.install, dispatch_uid="django_perfkit.collectors.db")
         db.install_on_all_connections()
+        templates.install()
         if uses_queryset_cache():
             # Only a project with cached querysets pays for watching its writes.
             from django_perfkit.cache import watch_writes
