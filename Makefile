@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: install services demo test budgets lint docs screenshots bench tox-ci clean
+.PHONY: install services demo test budgets lint docs screenshots bench bench-instructions tox-ci clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,14 @@ screenshots: install
 bench: install services
 	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null 2>&1 || echo "bench: could not install wrk"
 	$(BIN)/python bench/run.py
+
+# Instruction counts under callgrind (repeatable on a noisy machine, but slow:
+# ~30 min): the demo suite with and without the pytest plugin, and the cost of
+# one request. Kept in bench/results/, which `make bench` puts in the docs.
+bench-instructions: install services
+	@command -v valgrind >/dev/null || apt-get install -y -q valgrind >/dev/null 2>&1 || echo "bench: could not install valgrind"
+	$(BIN)/python bench/suite_instructions.py
+	$(BIN)/python bench/request_instructions.py
 
 # The tox envs CI runs: Django 6.1 on Python 3.12 (PostgreSQL), and the SQLite one.
 # pyenv's interpreters are put on PATH so tox finds python3.12.

@@ -23,8 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import cache as cache_bench  # noqa: E402
+from bench import faults as faults_bench  # noqa: E402
 from bench import onwrite as onwrite_bench  # noqa: E402
-from bench import query_collector  # noqa: E402
+from bench import (  # noqa: E402
+    query_collector,
+    request_instructions,
+    suite_instructions,
+)
 from bench import query_guard as query_guard_bench  # noqa: E402
 from bench import ratelimit as ratelimit_bench  # noqa: E402
 from bench import requests as requests_bench  # noqa: E402
@@ -91,6 +96,14 @@ def section(module: Any, script: str, heading: str) -> list[str]:
     return [heading, "", module.__doc__.split("\n\n", 1)[1].strip(), "", text, ""]
 
 
+def stored_section(module: Any, heading: str) -> list[str]:
+    """A section measured by ``make bench-instructions`` (too slow to run here)."""
+    text = module.stored_table() or (
+        "Not measured yet: `make bench-instructions` measures it and keeps the result."
+    )
+    return [heading, "", module.__doc__.split("\n\n", 1)[1].strip(), "", text, ""]
+
+
 def main() -> None:
     rounds = os.environ.get("BENCH_ROUNDS", "15")
     sections = [
@@ -153,7 +166,14 @@ def main() -> None:
     sections += section(
         query_guard_bench, "query_guard.py", "## Query guard: N+1 detection and overhead"
     )
+    sections += stored_section(
+        suite_instructions, "## Query guard: the demo suite in instructions (callgrind)"
+    )
     sections += section(requests_bench, "requests.py", "## Requests per second under gunicorn")
+    sections += stored_section(
+        request_instructions, "## Cost per request in instructions (callgrind)"
+    )
+    sections += section(faults_bench, "faults.py", "## Faults under load")
     sections += [
         "## Reproduce",
         "",
@@ -165,6 +185,10 @@ def main() -> None:
         "python bench/onwrite.py                                       # another",
         "python bench/query_guard.py                                   # another",
         "python bench/requests.py                                      # another (needs wrk)",
+        "python bench/faults.py                                        # another",
+        "make bench-instructions        # callgrind: bench/suite_instructions.py and",
+        "                               # bench/request_instructions.py (~30 min), kept in",
+        "                               # bench/results/ for make bench",
         "```",
         "",
     ]
