@@ -18,6 +18,7 @@ from django_perfkit.fleet.stats import report_fleet
 from django_perfkit.profiler.slow import report_slow_request
 from django_perfkit.record import RequestRecord
 from django_perfkit.reporters.datadog import report_datadog
+from django_perfkit.reporters.opentelemetry import report_opentelemetry
 from django_perfkit.reporters.server_timing import report_server_timing
 
 Reporter = Callable[[RequestRecord, HttpRequest, Any], None]
@@ -26,6 +27,7 @@ REPORTERS: list[Reporter] = [
     report_server_timing,
     report_slow_request,
     report_datadog,
+    report_opentelemetry,
     report_fleet,
 ]
 

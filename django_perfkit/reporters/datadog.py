@@ -28,8 +28,8 @@ from typing import Any
 
 from django.http import HttpRequest
 
-from django_perfkit.conf import get_settings
 from django_perfkit.record import RequestRecord
+from django_perfkit.reporters.metrics import span_metrics
 
 __all__ = ["active_tracer", "report_datadog"]
 
@@ -53,19 +53,6 @@ def report_datadog(record: RequestRecord, request: HttpRequest, response: Any) -
     root = tracer.current_root_span()
     if root is None:
         return
-    db, cache = record.db, record.cache
-    slow_ms = get_settings().profiler.slow_request_ms
-    root.set_metrics(
-        {
-            "perfkit.db.count": db.count,
-            "perfkit.db.duplicates": db.duplicates,
-            "perfkit.db.time_ms": round(db.time * 1000, 3),
-            "perfkit.cache.hits": cache.hits,
-            "perfkit.cache.misses": cache.misses,
-            "perfkit.nplusone.count": len(record.nplusone),
-            "perfkit.ratelimited": int(any(d.limited for d in record.ratelimits)),
-            "perfkit.slow": int(bool(slow_ms) and record.duration * 1000 >= slow_ms),
-        }
-    )
+    root.set_metrics(span_metrics(record))
     if record.profile_id:
         root.set_tag("perfkit.profile_id", record.profile_id)
