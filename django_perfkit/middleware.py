@@ -106,10 +106,13 @@ class PerfkitMiddleware:
         # "enabled": pyinstrument follows this request's task across awaits,
         # not the other tasks the loop runs meanwhile.
         profile = await astart_for_caller(request) if settings.profiler.header else None
+        if profile is not None:
+            request._perfkit_profile_caller = profile  # type: ignore[attr-defined]
         token = _current.set(record)
         try:
             response = await get_response(request)
         except BaseException:
+            await _astop_view_thread_profile(request, profile)
             _discard_profile(request, profile)
             leave_route(record)
             raise
@@ -117,6 +120,7 @@ class PerfkitMiddleware:
             _current.reset(token)
             _close_guard(record)
         try:
+            await _astop_view_thread_profile(request, profile)
             response = _finish_profile(record, request, response, profile)
             if settings.server_timing in _NEEDS_USER or guard_mode == "warn":
                 # request.user is lazy and loading it queries the database, which
@@ -149,6 +153,12 @@ class PerfkitMiddleware:
         if limited is None and hasattr(request, "_perfkit_profile_pending"):
             await sync_to_async(_load_user)(request)
             _start_staff_profile(request, "enabled")
+        if limited is None and not iscoroutinefunction(view_func):
+            run = _running_profile(request)
+            if run is not None:
+                # Django runs a sync view in its thread-sensitive worker thread,
+                # where this request's other sync code runs too: profile there.
+                await sync_to_async(run.start_thread, thread_sensitive=True)()
         _mark_view_start(request)
         return limited
 
@@ -209,6 +219,17 @@ def _start_staff_profile(request: HttpRequest, async_mode: AsyncMode) -> None:
     run = start_for_staff(request, async_mode)
     if run is not None:
         request._perfkit_profile_run = run  # type: ignore[attr-defined]
+
+
+def _running_profile(request: HttpRequest) -> ProfileRun | None:
+    run: ProfileRun | None = getattr(request, "_perfkit_profile_caller", None)
+    return run or getattr(request, "_perfkit_profile_run", None)
+
+
+async def _astop_view_thread_profile(request: HttpRequest, profile: ProfileRun | None) -> None:
+    run = profile or getattr(request, "_perfkit_profile_run", None)
+    if run is not None and run.thread_profiler is not None:
+        await sync_to_async(run.stop_thread, thread_sensitive=True)()
 
 
 def _discard_profile(request: HttpRequest, profile: ProfileRun | None) -> None:

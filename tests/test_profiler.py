@@ -314,3 +314,23 @@ async def test_a_token_profiles_an_async_view_under_asgi(settings: Any) -> None:
     response = await middleware(request)
     text = await sync_to_async(stored_functions)(response["X-Perfkit-Profile-Id"])
     assert "marker_function_for_the_profile" in text
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_sync_view_under_asgi_shows_its_own_frames(settings: Any) -> None:
+    """Django runs a sync view in a worker thread, which the event loop's profiler
+    does not sample: the view's own functions must still be in the profile."""
+    from asgiref.sync import sync_to_async
+    from django.test import AsyncClient
+
+    profiler(settings)
+    staff = await sync_to_async(User.objects.create_user)("asgi-alice", is_staff=True)
+    token = make_token(staff, 60)
+    response = await AsyncClient().get("/articles/", headers={"X-Perfkit-Profile": token})
+    assert response.status_code == 200
+    text = await sync_to_async(stored_functions)(response["X-Perfkit-Profile-Id"])
+    # pyinstrument's frame ids: "function\0file\0line"; the view ran in the thread.
+    assert "article_list\\u0000" in text
+    # Without the view's thread, the profile would hold only the event loop's frames.
+    data = await sync_to_async(load_profile)(response["X-Perfkit-Profile-Id"])
+    assert data is not None and data["meta"]["path"] == "/articles/"

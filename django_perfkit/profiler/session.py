@@ -100,12 +100,38 @@ class ProfileRun:
     profile_id: str | None = None
     #: What was stored (for ``html``: the page is rendered from it).
     payload: dict[str, Any] | None = None
+    #: Under ASGI, a sync view runs in a worker thread that the event loop's
+    #: profiler does not sample: a second profiler runs there (start_thread).
+    thread_profiler: Any = None
+    thread_session: Any = None
 
     def discard(self) -> None:
         profiler, self.profiler = self.profiler, None
         if profiler is not None:
             with contextlib.suppress(Exception):  # discarding: nothing to keep
                 profiler.stop()
+
+    def start_thread(self) -> None:
+        """Profile the calling thread too (call it in the thread the sync view will run in)."""
+        from pyinstrument import Profiler
+
+        try:
+            profiler = Profiler(interval=get_settings().profiler.interval, async_mode="disabled")
+            profiler.start()
+        except Exception:
+            logger.debug("perfkit: could not profile the view's thread", exc_info=True)
+            return
+        self.thread_profiler = profiler
+
+    def stop_thread(self) -> None:
+        """Stop the thread's profiler (in that same thread); its samples join the profile."""
+        profiler, self.thread_profiler = self.thread_profiler, None
+        if profiler is None:
+            return
+        try:
+            self.thread_session = profiler.stop()
+        except Exception:
+            logger.debug("perfkit: could not stop the view thread's profiler", exc_info=True)
 
     def start(self, async_mode: AsyncMode) -> bool:
         from pyinstrument import Profiler
@@ -126,6 +152,10 @@ class ProfileRun:
             return None
         try:
             session = profiler.stop()
+            if self.thread_session is not None:
+                from pyinstrument.session import Session
+
+                session = Session.combine(session, self.thread_session)
             payload = {
                 "meta": {
                     "method": request.method,
