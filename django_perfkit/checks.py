@@ -606,6 +606,7 @@ _PROFILER_KINDS: dict[str, tuple[str, str]] = {
     "TTL": ("whole-seconds>0", "3600"),
     "MIN_INTERVAL": ("seconds", "10"),
     "TOKEN_MAX_TTL": ("whole-seconds>0", "86400"),
+    "SAMPLE_SLOW": ("count", "20"),
 }
 
 

@@ -234,6 +234,10 @@ PROFILER_DEFAULTS: Final[dict[str, Any]] = {
     "MIN_INTERVAL": 10.0,
     # The longest a token from manage.py perfkit_token may live, in seconds.
     "TOKEN_MAX_TTL": 86_400,
+    # Profile 1 in N requests of a route that was slow in the last 10 minutes
+    # (in this process), and keep the profile if the request is slow again.
+    # 0: off. Each sampled route gets at most one profile per MIN_INTERVAL.
+    "SAMPLE_SLOW": 0,
 }
 
 
@@ -249,6 +253,7 @@ class ProfilerSettings:
     ttl: int
     min_interval: float
     token_max_ttl: int
+    sample_slow: int
 
 
 def _profiler_settings(raw: Any) -> ProfilerSettings:

@@ -9,6 +9,7 @@ runs without a thread hop.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import Token
@@ -20,13 +21,16 @@ from django.utils.module_loading import import_string
 
 from django_perfkit.conf import PerfkitSettings, get_settings
 from django_perfkit.fleet.stats import enter_route, leave_route
+from django_perfkit.profiler import sampling
 from django_perfkit.profiler.session import (
     AsyncMode,
     ProfileRun,
     astart_for_caller,
+    release_claim,
     start_for_caller,
     start_for_staff,
 )
+from django_perfkit.profiler.slow import _on_event_loop
 from django_perfkit.queries import budget
 from django_perfkit.queries.capture import QueryReport
 from django_perfkit.queries.guard import Guard
@@ -143,6 +147,8 @@ class PerfkitMiddleware:
         limited = enforce(request)
         if limited is None and hasattr(request, "_perfkit_profile_pending"):
             _start_staff_profile(request, "disabled")
+        if limited is None:
+            _maybe_sample(request, "disabled")
         _mark_view_start(request)
         return limited
 
@@ -153,6 +159,11 @@ class PerfkitMiddleware:
         if limited is None and hasattr(request, "_perfkit_profile_pending"):
             await sync_to_async(_load_user)(request)
             _start_staff_profile(request, "enabled")
+        if limited is None and _running_profile(request) is None and _maybe_sampled(request):
+            # The claim is a Redis call: off the event loop; the profiler starts on it.
+            run = await sync_to_async(sampling.claim_sample)(request)
+            if run is not None and run.start("enabled"):
+                request._perfkit_profile_run = run  # type: ignore[attr-defined]
         if limited is None and not iscoroutinefunction(view_func):
             run = _running_profile(request)
             if run is not None:
@@ -221,6 +232,29 @@ def _start_staff_profile(request: HttpRequest, async_mode: AsyncMode) -> None:
         request._perfkit_profile_run = run  # type: ignore[attr-defined]
 
 
+def _release_sample_claim(run: ProfileRun) -> None:
+    if _on_event_loop():
+        # Under ASGI: the Redis call leaves the loop (nobody waits for it).
+        threading.Thread(target=release_claim, args=(run.who,), daemon=True).start()
+    else:
+        release_claim(run.who)
+
+
+def _maybe_sampled(request: HttpRequest) -> bool:
+    """Its route was slow lately (one dict lookup: the common answer is no)."""
+    match = getattr(request, "resolver_match", None)
+    return match is not None and match.route in sampling._slow_routes
+
+
+def _maybe_sample(request: HttpRequest, async_mode: AsyncMode) -> None:
+    """PROFILER["SAMPLE_SLOW"]: profile some requests of routes that were slow."""
+    if _running_profile(request) is not None or not _maybe_sampled(request):
+        return
+    run = sampling.claim_sample(request)
+    if run is not None and run.start(async_mode):
+        request._perfkit_profile_run = run  # type: ignore[attr-defined]
+
+
 def _running_profile(request: HttpRequest) -> ProfileRun | None:
     run: ProfileRun | None = getattr(request, "_perfkit_profile_caller", None)
     return run or getattr(request, "_perfkit_profile_run", None)
@@ -245,6 +279,12 @@ def _finish_profile(
     run = profile or getattr(request, "_perfkit_profile_run", None)
     if run is None:
         return response
+    if run.sampled:
+        slow_ms = get_settings().profiler.slow_request_ms
+        if not slow_ms or record.duration * 1000 < slow_ms:
+            run.discard()  # fast this time: nothing to keep, and the next sample may try
+            _release_sample_claim(run)
+            return response
     try:
         profile_id = run.stop(request, getattr(response, "status_code", None))
         if run.html and run.payload is not None:
@@ -256,7 +296,11 @@ def _finish_profile(
             page["Cache-Control"] = "private, no-store"
             response.close()  # a file or stream the page replaces must be closed
             response = page
-        if profile_id is not None:
+        if profile_id is not None and run.sampled:
+            # Nobody asked: the slow-request record and the panel link to it.
+            record.profile_id = profile_id
+            record.profile_sampled = True
+        elif profile_id is not None:
             record.profile_id = profile_id
             response[PROFILE_ID_HEADER] = profile_id
             try:

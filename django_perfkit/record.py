@@ -186,6 +186,9 @@ class RequestRecord:
     unused_prefetches: list[UnusedPrefetch] = field(default_factory=list)
     #: The id of this request's pyinstrument profile, when one was taken and kept.
     profile_id: str | None = None
+    #: True when that profile was sampled (PROFILER["SAMPLE_SLOW"]), not asked for:
+    #: its id is for the panel and the logs, not for the client's response.
+    profile_sampled: bool = False
     #: ``perf_counter()`` when the view was about to run (the middleware's process_view).
     view_started: float | None = None
     #: EXPLAIN every SELECT (``capture(explain=True)``), not only the slow ones.

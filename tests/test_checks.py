@@ -303,6 +303,8 @@ def test_query_guard_error_names_the_fix() -> None:
         ({"MIN_INTERVAL": True}, ["perfkit.E019"]),
         ({"HEADER": "X Perfkit"}, ["perfkit.E019"]),
         ({"HEADER": None}, ["perfkit.E019"]),
+        ({"SAMPLE_SLOW": -1}, ["perfkit.E019"]),
+        ({"SAMPLE_SLOW": 0.5}, ["perfkit.E019"]),
         ({"SLOW_MS": 10}, ["perfkit.W008"]),
     ],
 )

@@ -19,8 +19,9 @@ from django.test import Client, RequestFactory
 
 from django_perfkit.middleware import PerfkitMiddleware
 from django_perfkit.profiler import make_token, read_token
-from django_perfkit.profiler.session import load_profile
+from django_perfkit.profiler.session import load_profile, recent_profiles
 from django_perfkit.profiler.slow import recent_slow_requests
+from django_perfkit.record import current_record
 
 pytestmark = pytest.mark.django_db
 
@@ -334,3 +335,73 @@ async def test_a_sync_view_under_asgi_shows_its_own_frames(settings: Any) -> Non
     # Without the view's thread, the profile would hold only the event loop's frames.
     data = await sync_to_async(load_profile)(response["X-Perfkit-Profile-Id"])
     assert data is not None and data["meta"]["path"] == "/articles/"
+
+
+# --- sampled profiles of slow routes -----------------------------------------------------
+
+
+def serve_routed(view: Any, path: str = "/healthz") -> HttpResponse:
+    """A request through the middleware with its route resolved and process_view run."""
+    from django.urls import resolve
+
+    middleware = PerfkitMiddleware(lambda request: HttpResponse())
+
+    def get_response(request: HttpRequest) -> HttpResponse:
+        answer = middleware.process_view(request, view, (), {})
+        return answer if answer is not None else view(request)
+
+    middleware.get_response = get_response
+    request = RequestFactory().get(path)
+    request.resolver_match = resolve(path)
+    request.user = AnonymousUser()
+    response: HttpResponse = middleware(request)
+    return response
+
+
+def slow_view(request: HttpRequest) -> HttpResponse:
+    """Slow by its record, not by the clock: the outcome cannot depend on this machine."""
+    record = current_record()
+    assert record is not None
+    record.started -= 10  # ten seconds ago
+    return busy_view(request)
+
+
+def test_a_slow_route_is_sampled_and_kept_only_when_slow_again(settings: Any) -> None:
+    profiler(settings, SLOW_REQUEST_MS=5000, SAMPLE_SLOW=1)
+    fast = lambda request: HttpResponse("fast")  # noqa: E731
+    first = serve_routed(slow_view)  # slow: the route is noted, but nothing was profiled
+    assert recent_slow_requests()[0]["profile_id"] is None
+    serve_routed(fast)  # sampled, but fast: dropped
+    assert recent_profiles() == []
+    second = serve_routed(slow_view)  # sampled and slow: kept, linked from its record
+    kept = recent_slow_requests()[0]
+    assert kept["profile_id"] is not None
+    assert "marker_function_for_the_profile" in stored_functions(kept["profile_id"])
+    (listed,) = recent_profiles()
+    assert listed["who"] == "sample:healthz"
+    # Nobody asked for it: the client is told nothing.
+    for response in (first, second):
+        assert "X-Perfkit-Profile-Id" not in response
+        assert "profile" not in response.get("Server-Timing", "")
+
+
+def test_sampling_takes_one_in_n_and_respects_min_interval(settings: Any) -> None:
+    profiler(settings, SLOW_REQUEST_MS=5000, SAMPLE_SLOW=2)
+    serve_routed(slow_view)  # notes the route
+    for _ in range(4):
+        serve_routed(slow_view)
+    assert len(recent_profiles()) == 2  # 1 in 2 of the next 4
+    settings.PERFKIT["PROFILER"]["MIN_INTERVAL"] = 60
+    from django_perfkit.conf import reset
+
+    reset()
+    for _ in range(4):
+        serve_routed(slow_view)
+    assert len(recent_profiles()) == 3  # then one per MIN_INTERVAL per route
+
+
+def test_sampling_is_off_by_default(settings: Any) -> None:
+    profiler(settings, SLOW_REQUEST_MS=5000)
+    for _ in range(3):
+        serve_routed(slow_view)
+    assert recent_profiles() == []

@@ -95,6 +95,8 @@ class ProfileRun:
 
     who: str
     html: bool
+    #: Taken by PROFILER["SAMPLE_SLOW"]: kept only if the request turns out slow.
+    sampled: bool = False
     profiler: Any = None
     #: Set once stored.
     profile_id: str | None = None
@@ -200,6 +202,14 @@ def _claim(who: str) -> bool:
     interval_ms = max(1, int(get_settings().profiler.min_interval * 1000))
     key = gateway.key("profile", "limit", who)
     return bool(gateway.run(lambda client: client.set(key, 1, nx=True, px=interval_ms), False))
+
+
+def release_claim(who: str) -> None:
+    """Give back a claim that kept nothing (a sampled request that was fast after all)."""
+    gateway = get_gateway()
+    if gateway.configured:
+        key = gateway.key("profile", "limit", who)
+        gateway.run(lambda client: client.delete(key), 0)
 
 
 def _header(request: HttpRequest) -> str | None:

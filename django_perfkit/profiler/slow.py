@@ -21,6 +21,7 @@ from typing import Any
 from django.http import HttpRequest
 
 from django_perfkit.conf import get_settings
+from django_perfkit.profiler.sampling import note_slow
 from django_perfkit.queries.fingerprint import fingerprint
 from django_perfkit.record import RequestRecord
 from django_perfkit.redis import get_gateway
@@ -88,6 +89,7 @@ def report_slow_request(record: RequestRecord, request: HttpRequest, response: A
     conf = get_settings().profiler
     if not conf.slow_request_ms or record.duration * 1000 < conf.slow_request_ms:
         return
+    note_slow(record.route)
     summary = summarise(record)
     line = json.dumps(summary, separators=(",", ":"), default=str)
     logger.warning(line, extra={"perfkit": summary})

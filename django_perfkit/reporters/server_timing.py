@@ -85,7 +85,7 @@ def build_header(record: RequestRecord) -> str:
         # to the response's return here: view, template rendering and the
         # middleware's response phase.
         entries.append(f"view;dur={(record.finished - record.view_started) * 1000:.2f}")
-    if record.profile_id:
+    if record.profile_id and not record.profile_sampled:
         entries.append(f"profile;desc={_desc(record.profile_id)}")
     if record.redis_failures:
         entries.append(f"redis-failures;desc={_desc(str(record.redis_failures))}")
