@@ -508,3 +508,17 @@ def test_the_collector_and_the_advisor_agree_on_vendors() -> None:
     from django_perfkit.queries.indexes import VENDORS
 
     assert tuple(ADVISED_VENDORS) == tuple(VENDORS)
+
+
+def test_a_boolean_compared_to_a_parameter_is_a_condition_not_a_column() -> None:
+    # Django 6.1 writes `"flag" = %s` with True on SQLite where 5.2 wrote `"flag"`:
+    # both are the same constant condition (a partial index's), read alike.
+    from django_perfkit.queries.indexes import _inline_booleans
+
+    sql = 'SELECT 1 FROM "e" WHERE ("e"."kind" = %s AND "e"."is_public" = %s AND "e"."x" = %s)'
+    assert _inline_booleans(sql, [7, True, False]) == (
+        'SELECT 1 FROM "e" WHERE ("e"."kind" = %s AND "e"."is_public" AND NOT "e"."x")'
+    )
+    flipped = _inline_booleans('SELECT 1 FROM "e" WHERE "e"."is_public" = %s', (False,))
+    assert flipped == 'SELECT 1 FROM "e" WHERE NOT "e"."is_public"'
+    assert _inline_booleans(sql, [7, 1, 0]) == sql  # numbers are values, not conditions

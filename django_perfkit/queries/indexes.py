@@ -697,7 +697,38 @@ def _explain_sqlite(
         plan = cursor.fetchall()
     finally:
         cursor.close()
-    return advise_sqlite(plan, sql, _sqlite_table_rows(raw, connection.alias), min_rows, location)
+    text = _inline_booleans(sql, params)
+    return advise_sqlite(plan, text, _sqlite_table_rows(raw, connection.alias), min_rows, location)
+
+
+_COLUMN_EQUALS_PLACEHOLDER = re.compile(r'("\w+"\."\w+")\s*=\s*$')
+
+
+def _inline_booleans(sql: str, params: Any) -> str:
+    """``"t"."flag" = %s`` with ``True`` becomes ``"t"."flag"`` (``NOT ...`` for False).
+
+    Django 6.1 compares a boolean field to a parameter on SQLite where 5.2
+    wrote the bare column: either way it is a constant condition, which a
+    partial index serves, not an equality column of the index.
+    """
+    if not isinstance(params, (list, tuple)) or not any(type(p) is bool for p in params):
+        return sql
+    out: list[str] = []
+    position = 0
+    for index, match in enumerate(re.finditer(r"%s", sql)):
+        if index >= len(params):
+            break
+        before = sql[position : match.start()]
+        value = params[index]
+        column = _COLUMN_EQUALS_PLACEHOLDER.search(before) if type(value) is bool else None
+        if column is None:
+            out.append(sql[position : match.end()])
+        else:
+            out.append(before[: column.start()])
+            out.append(column.group(1) if value else f"NOT {column.group(1)}")
+        position = match.end()
+    out.append(sql[position:])
+    return "".join(out)
 
 
 _EXPLAINERS: dict[str, Callable[..., list[IndexAdvice]]] = {
