@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -15,3 +17,16 @@ def report(run: Callable[[], dict[str, Any]], table: Callable[[dict[str, Any]], 
         sys.stdout.write(json.dumps(results) + "\n")
     else:
         print(table(results))
+
+
+def git_commit() -> str:
+    """The short commit id of the working tree the numbers were measured on."""
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def stored_table(result: Path, table: Callable[[dict[str, Any]], str]) -> str | None:
+    """The table of a result kept on disk by a slow benchmark, or None if never measured."""
+    if not result.exists():
+        return None
+    return table(json.loads(result.read_text()))

@@ -34,7 +34,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.cli import report  # noqa: E402
+from bench import cli  # noqa: E402
+from bench.cli import git_commit, report  # noqa: E402
 from bench.query_guard import SUITE, SUITE_ARGS, suite_configs  # noqa: E402
 
 RESULT = ROOT / "bench" / "results" / "suite_instructions.json"
@@ -59,13 +60,6 @@ def _one(name: str, args: list[str]) -> dict[str, Any]:
     }
 
 
-def _commit() -> str:
-    out = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    )
-    return out.stdout.strip() or "unknown"
-
-
 def run() -> dict[str, Any]:
     if shutil.which("valgrind") is None:
         return {"error": "valgrind is not installed (apt-get install valgrind)"}
@@ -76,7 +70,7 @@ def run() -> dict[str, Any]:
     version = subprocess.run(["valgrind", "--version"], capture_output=True, text=True)
     data = {
         "suite": SUITE,
-        "commit": _commit(),
+        "commit": git_commit(),
         "date": datetime.date.today().isoformat(),
         "valgrind": version.stdout.strip(),
         "python": sys.version.split()[0],
@@ -110,9 +104,7 @@ def table(results: dict[str, Any]) -> str:
 
 def stored_table() -> str | None:
     """The last measured table (for ``make bench``), or None if never measured."""
-    if not RESULT.exists():
-        return None
-    return table(json.loads(RESULT.read_text()))
+    return cli.stored_table(RESULT, table)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from io import StringIO
 from pathlib import Path
@@ -22,6 +20,7 @@ from django.db import connection
 from django_perfkit.fleet import fleet_snapshot
 from django_perfkit.fleet.stats import Recorder, _server_id, live_servers, recorder
 from django_perfkit.record import RatelimitDecision, RequestRecord
+from tests.pg_sessions import lock_and_wait
 from tests.settings import RUN_ID
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,54 +158,26 @@ def test_perfkit_top_rejects_a_bad_window() -> None:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL only")
 def test_pgactivity_shows_long_queries_and_who_blocks_whom() -> None:
-    import psycopg
-
     from django_perfkit.management.commands.perfkit_pgactivity import activity
 
-    params = connection.get_connection_params()
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
-    holder = psycopg.connect(**params, autocommit=False)
-    waiter = psycopg.connect(**params, autocommit=False)
-    holder.execute("LOCK TABLE guardapp_label IN ACCESS EXCLUSIVE MODE")
-    waiter_pid = waiter.info.backend_pid
-    blocked = threading.Thread(
-        target=lambda: _quietly(
-            lambda: waiter.execute("SELECT count(*) FROM guardapp_label WHERE name = 'secret'")
-        )
-    )
-    blocked.start()
-    try:
+    with lock_and_wait("secret") as (holder, waiter, blocked):
         deadline = time.monotonic() + 10
         rows: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             rows = activity(min_duration=0.2)
-            if any(row["pid"] == waiter_pid for row in rows):
+            if any(row["pid"] == waiter for row in rows):
                 break
             time.sleep(0.1)
-        (row,) = [row for row in rows if row["pid"] == waiter_pid]
-        assert row["blocked_by"] == [holder.info.backend_pid]
+        (row,) = [row for row in rows if row["pid"] == waiter]
+        assert row["blocked_by"] == [holder]
         assert row["wait_event_type"] == "Lock"
         assert "secret" not in row["query"] and "name = ?" in row["query"]
-        assert any(
-            r["pid"] == holder.info.backend_pid and r["state"] == "idle in transaction"
-            for r in rows
-        )
+        assert any(r["pid"] == holder and r["state"] == "idle in transaction" for r in rows)
         out = StringIO()
-        call_command("perfkit_pgactivity", "--cancel", str(waiter_pid), "--yes", stdout=out)
-        assert f"cancel {waiter_pid}: done" in out.getvalue()
+        call_command("perfkit_pgactivity", "--cancel", str(waiter), "--yes", stdout=out)
+        assert f"cancel {waiter}: done" in out.getvalue()
         blocked.join(timeout=10)
         assert not blocked.is_alive()
-    finally:
-        holder.rollback()
-        blocked.join(timeout=10)
-        holder.close()
-        waiter.close()
-
-
-def _quietly(work: Any) -> None:
-    with contextlib.suppress(Exception):  # the cancel ends it with QueryCanceled
-        work()
 
 
 @pytest.mark.django_db

@@ -9,9 +9,7 @@ tests/test_panel_browser.py; three processes adding up: tests/test_fleet.py.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import threading
 import time
 from typing import Any
 
@@ -32,6 +30,7 @@ from django_perfkit.profiler import make_token
 from django_perfkit.profiler.session import recent_profiles
 from django_perfkit.profiler.slow import report_slow_request
 from django_perfkit.record import RequestRecord
+from tests.pg_sessions import lock_and_wait
 from tests.redis_servers import free_port
 from tests.test_demo_site import MakeArticles, make_articles  # noqa: F401  (a fixture)
 
@@ -324,33 +323,6 @@ def test_blocking_chains_follow_waiters_to_the_head() -> None:
         {"pid": 5, "blocked_by": [4]},  # a deadlock PostgreSQL is about to break
     ]
     assert blocking_chains(rows) == [[3, 2, 1], [2, 1], [4, 5], [5, 4]]
-
-
-@contextlib.contextmanager
-def lock_and_wait() -> Any:
-    """A session holding a lock, idle in its transaction, and one blocked behind it."""
-    import psycopg
-
-    params = connection.get_connection_params()
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
-    holder = psycopg.connect(**params, autocommit=False)
-    waiter = psycopg.connect(**params, autocommit=False)
-    holder.execute("LOCK TABLE guardapp_label IN ACCESS EXCLUSIVE MODE")
-
-    def wait() -> None:
-        with contextlib.suppress(Exception):  # cancelled by the test
-            waiter.execute("SELECT count(*) FROM guardapp_label WHERE name = 'secret-value'")
-
-    blocked = threading.Thread(target=wait)
-    blocked.start()
-    try:
-        yield holder.info.backend_pid, waiter.info.backend_pid, blocked
-    finally:
-        holder.rollback()
-        blocked.join(timeout=10)
-        holder.close()
-        waiter.close()
 
 
 def wait_for(client: Client, url: str, text: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from debug_toolbar.panels import Panel
 from django.http import HttpRequest
 
-from django_perfkit.profiler.slow import summarise
+from django_perfkit.profiler.slow import summarise, summarise_finding
 from django_perfkit.record import current_record
 
 __all__ = ["PerfkitToolbarPanel"]
@@ -51,17 +51,7 @@ class PerfkitToolbarPanel(Panel):
         if guard is not None and not summary["nplusone"]:
             # The guard turns what it saw into findings when the request ends,
             # after this panel: ask it now (findings() changes nothing).
-            summary["nplusone"] = [
-                {
-                    "relation": finding.relation,
-                    "count": finding.count,
-                    "time_ms": round(finding.time_ms, 3),
-                    "sql": finding.fingerprint,
-                    "location": finding.location,
-                    "suggestion": finding.suggestion,
-                }
-                for finding in guard.findings()
-            ]
+            summary["nplusone"] = [summarise_finding(finding) for finding in guard.findings()]
         summary["ratelimits"] = [
             {
                 "group": decision.group,

@@ -23,15 +23,34 @@ from django.http import HttpRequest
 from django_perfkit.conf import get_settings
 from django_perfkit.profiler.sampling import note_slow
 from django_perfkit.queries.fingerprint import fingerprint
+from django_perfkit.queries.guard import NPlusOne
 from django_perfkit.record import RequestRecord
 from django_perfkit.redis import get_gateway
 
-__all__ = ["recent_slow_requests", "report_slow_request", "slow_request_count", "summarise"]
+__all__ = [
+    "recent_slow_requests",
+    "report_slow_request",
+    "slow_request_count",
+    "summarise",
+    "summarise_finding",
+]
 
 logger = logging.getLogger("django_perfkit.slow")
 
 #: Queries listed per slow request, slowest first.
 SLOWEST_QUERIES = 5
+
+
+def summarise_finding(finding: NPlusOne) -> dict[str, Any]:
+    """One N+1 finding as a JSON-able dict (slow-request records, the toolbar panel)."""
+    return {
+        "relation": finding.relation,
+        "count": finding.count,
+        "time_ms": round(finding.time_ms, 3),
+        "sql": finding.fingerprint,
+        "location": finding.location,
+        "suggestion": finding.suggestion,
+    }
 
 
 def summarise(record: RequestRecord) -> dict[str, Any]:
@@ -59,17 +78,7 @@ def summarise(record: RequestRecord) -> dict[str, Any]:
             label: round(section.time * 1000, 3) for label, section in record.sections.items()
         },
         "ratelimited": any(decision.limited for decision in record.ratelimits),
-        "nplusone": [
-            {
-                "relation": finding.relation,
-                "count": finding.count,
-                "time_ms": round(finding.time_ms, 3),
-                "sql": finding.fingerprint,
-                "location": finding.location,
-                "suggestion": finding.suggestion,
-            }
-            for finding in record.nplusone
-        ],
+        "nplusone": [summarise_finding(finding) for finding in record.nplusone],
         "index_advice": [advice.suggestion for advice in record.index_advice],
         "profile_id": record.profile_id,
         "slowest_queries": [
