@@ -14,8 +14,12 @@ per request over the same count): an estimate, labelled as one.
 
 Configurations: the demo's middleware without ``PerfkitMiddleware`` (bare),
 and with it in its production defaults (query guard in ``log`` mode, fleet
-stats counting, ``Server-Timing`` for everyone, slow-request check; the fleet
-recorder's flush thread off, as it runs outside the request).
+stats counting, ``Server-Timing`` for everyone, slow-request check, the
+index advisor explaining queries slower than 100 ms; the fleet recorder's
+flush thread off, as it runs outside the request). A second table serves the
+demo's article list (60 seeded articles, ``.cache()`` on, SQLite and Redis)
+with the index advisor on and off: its production cost is one comparison per
+query.
 
 Run: ``python bench/request_instructions.py`` (a few minutes; ``make
 bench-instructions``). It keeps its result in
@@ -38,14 +42,23 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import cli  # noqa: E402
+
 N = 2000
-CONFIGS = ("bare", "perfkit")
+#: (path, configuration, requests): the cost per request of perfkit, and of the
+#: index advisor in production mode.
+CASES = (
+    ("/healthz", "bare", N),
+    ("/healthz", "perfkit", N),
+    ("/articles/", "perfkit", N // 4),
+    ("/articles/", "perfkit-indexes-off", N // 4),
+)
 RESULT = ROOT / "bench" / "results" / "request_instructions.json"
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
-def serve(config: str, count: int) -> float:
-    """Serve ``/healthz`` ``count`` times in this process; CPU seconds per request."""
+def serve(config: str, count: int, path: str = "/healthz") -> float:
+    """Serve ``path`` ``count`` times in this process; CPU seconds per request."""
     import time
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
@@ -61,29 +74,43 @@ def serve(config: str, count: int) -> float:
         "FLEET": {"ENABLED": True},
         "QUERY_GUARD": {"MODE": "log"},
         "SERVER_TIMING": "all",
+        "INDEXES": {"ENABLED": config != "perfkit-indexes-off"},
     }
     import django
 
     django.setup()
+    from django.core.management import call_command
     from django.test import Client
 
     from django_perfkit.fleet.stats import recorder
+    from django_perfkit.redis import get_gateway
 
     recorder.background = False
+    if path != "/healthz":
+        call_command("migrate", verbosity=0)
+        call_command("seed", articles=60, comments=0, verbosity=0)
     client = Client()
-    for _ in range(50):  # warm: imports, URL resolver, caches
-        client.get("/healthz")
-    started = time.process_time()
-    for _ in range(count):
-        response = client.get("/healthz")
-    assert response.status_code == 200
-    return (time.process_time() - started) / count
+    try:
+        for _ in range(50):  # warm: imports, URL resolver, caches
+            client.get(path)
+        started = time.process_time()
+        for _ in range(count):
+            response = client.get(path)
+        assert response.status_code == 200
+        return (time.process_time() - started) / count
+    finally:
+        # This process's keys (its own prefix): the cached pages, the fleet counts.
+        gateway = get_gateway()
+        pattern = f"{settings.KEY_PREFIX}*"
+        client_ = gateway.client
+        for key in client_.scan_iter(match=pattern, count=500):
+            client_.delete(key)
 
 
-def _callgrind(config: str, count: int) -> int:
+def _callgrind(config: str, count: int, path: str) -> int:
     done = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-         __file__, "--serve", config, str(count)],
+         __file__, "--serve", config, str(count), path],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     if done.returncode != 0:
@@ -91,9 +118,9 @@ def _callgrind(config: str, count: int) -> int:
     return int(_COLLECTED.findall(done.stderr)[-1])
 
 
-def _native(config: str) -> float:
+def _native(config: str, count: int, path: str) -> float:
     done = subprocess.run(
-        [sys.executable, __file__, "--serve", config, str(N)],
+        [sys.executable, __file__, "--serve", config, str(count), path],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
         check=True,
     )  # fmt: skip
@@ -105,24 +132,26 @@ def run() -> dict[str, Any]:
         return {"error": "valgrind is not installed"}
     import statistics
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
     results: dict[str, Any] = {
         "n": N,
-        "commit": commit or "unknown",
+        "commit": cli.git_commit(),
         "date": datetime.date.today().isoformat(),
         "python": sys.version.split()[0],
-        "configs": {},
     }
-    for config in CONFIGS:
-        print(f"bench: callgrind {config} ...", file=sys.stderr, flush=True)
-        many, few = _callgrind(config, N), _callgrind(config, N // 10)
-        native = statistics.median(_native(config) for _ in range(5))
-        results["configs"][config] = {
-            "instructions": (many - few) / (N - N // 10),
-            "native_us": native * 1e6,
-        }
+    results["cases"] = []
+    for path, config, count in CASES:
+        print(f"bench: callgrind {path} {config} ...", file=sys.stderr, flush=True)
+        many, few = _callgrind(config, count, path), _callgrind(config, count // 10, path)
+        native = statistics.median(_native(config, count, path) for _ in range(5))
+        results["cases"].append(
+            {
+                "path": path,
+                "config": config,
+                "n": count,
+                "instructions": (many - few) / (count - count // 10),
+                "native_us": native * 1e6,
+            }
+        )
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(results, indent=2) + "\n")
     return results
@@ -131,40 +160,52 @@ def run() -> dict[str, Any]:
 def table(results: dict[str, Any]) -> str:
     if "error" in results:
         return f"Not run: {results['error']}."
-    bare = results["configs"]["bare"]
     rows = [
-        f"### `/healthz` through Django's WSGI handler, in-process ({results['n']:,} requests; "
-        f"commit {results['commit']}, {results['date']}, Python {results['python']})",
+        f"Commit {results['commit']}, {results['date']}, Python {results['python']}.",
         "",
-        "| configuration | instructions per request | native CPU µs per request (median of 5) |",
-        "|---|---:|---:|",
+        "| path | configuration | requests | instructions per request "
+        "| native CPU µs per request (median of 5) |",
+        "|---|---|---:|---:|---:|",
     ]
-    for name, row in results["configs"].items():
-        rows.append(f"| {name} | {row['instructions']:,.0f} | {row['native_us']:.1f} |")
-    mine = results["configs"]["perfkit"]
-    added = mine["instructions"] - bare["instructions"]
-    per_us = bare["instructions"] / bare["native_us"]
-    rows += [
-        "",
-        f"perfkit adds **{added:,.0f} instructions per request** "
-        f"({mine['instructions'] / bare['instructions']:.2f}× bare), about "
-        f"**{added / per_us:.1f} µs** at this machine's {per_us:,.0f} instructions per µs "
-        f"for this program (target: at most 50 µs).",
-    ]
+    cases = {(case["path"], case["config"]): case for case in results["cases"]}
+    for case in results["cases"]:
+        rows.append(
+            f"| `{case['path']}` | {case['config']} | {case['n']:,} "
+            f"| {case['instructions']:,.0f} | {case['native_us']:.1f} |"
+        )
+    rows.append("")
+    for path, base_name, name, what in (
+        ("/healthz", "bare", "perfkit", "perfkit adds"),
+        (
+            "/articles/",
+            "perfkit-indexes-off",
+            "perfkit",
+            "the index advisor in production mode adds",
+        ),
+    ):
+        base, mine = cases.get((path, base_name)), cases.get((path, name))
+        if base is None or mine is None:
+            continue
+        added = mine["instructions"] - base["instructions"]
+        per_us = base["instructions"] / base["native_us"]
+        rows.append(
+            f"- `{path}`: {what} **{added:,.0f} instructions per request** "
+            f"({mine['instructions'] / base['instructions']:.3f}×), about "
+            f"**{added / per_us:.1f} µs** at this machine's {per_us:,.0f} instructions per µs "
+            "for this program."
+        )
     return "\n".join(rows)
 
 
 def stored_table() -> str | None:
     """The last measured table (for ``make bench``), or None if never measured."""
-    if not RESULT.exists():
-        return None
-    return table(json.loads(RESULT.read_text()))
+    return cli.stored_table(RESULT, table)
 
 
 if __name__ == "__main__":
     if "--serve" in sys.argv:
         at = sys.argv.index("--serve")
-        print(serve(sys.argv[at + 1], int(sys.argv[at + 2])))
+        print(serve(sys.argv[at + 1], int(sys.argv[at + 2]), sys.argv[at + 3]))
     else:
         data = run()
         if "--json" in sys.argv:
