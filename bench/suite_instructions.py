@@ -10,7 +10,9 @@ each configuration of ``pytest tests/test_demo_site.py`` runs once under
 loaded, checking budgets, and with the N+1 guard warning
 (``--perfkit-nplusone=warn``), two at a time. The ratio to "disabled" is the
 plugin's share of the suite's work. A run is valid only if every test
-passed under valgrind (it runs Python about 50 times slower).
+passed under valgrind (it runs Python about 50 times slower). The index
+advisor's EXPLAINs under ``--perfkit-explain`` run in PostgreSQL, which is
+not counted here: its cost is in the wall-clock table of the section above.
 
 Run: ``python bench/suite_instructions.py`` (about 20 minutes; ``make
 bench-instructions``). It keeps its result in
