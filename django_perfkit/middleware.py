@@ -79,16 +79,20 @@ class PerfkitMiddleware:
         _inherit(record)
         guard_mode = _open_guard(record, settings)
         profile = start_for_caller(request, "disabled") if settings.profiler.header else None
+        if profile is not None:
+            request._perfkit_profile_caller = profile  # type: ignore[attr-defined]
         token = _current.set(record)
         try:
             response = self.get_response(request)
         except BaseException:
+            _stop_loop_thread_profile(request)
             _discard_profile(request, profile)
             leave_route(record)
             raise
         finally:
             _current.reset(token)
             _close_guard(record)
+        _stop_loop_thread_profile(request)
         try:
             response = _finish_profile(record, request, response, profile)
             self._finish(record, request, response)
@@ -149,6 +153,10 @@ class PerfkitMiddleware:
             _start_staff_profile(request, "disabled")
         if limited is None:
             _maybe_sample(request, "disabled")
+            if iscoroutinefunction(view_func):
+                run = _running_profile(request)
+                if run is not None and run.start_loop_thread():
+                    request._perfkit_loop_profile = run  # type: ignore[attr-defined]
         _mark_view_start(request)
         return limited
 
@@ -264,6 +272,13 @@ async def _astop_view_thread_profile(request: HttpRequest, profile: ProfileRun |
     run = profile or getattr(request, "_perfkit_profile_run", None)
     if run is not None and run.thread_profiler is not None:
         await sync_to_async(run.stop_thread, thread_sensitive=True)()
+
+
+def _stop_loop_thread_profile(request: HttpRequest) -> None:
+    run: ProfileRun | None = getattr(request, "_perfkit_loop_profile", None)
+    if run is not None:
+        del request._perfkit_loop_profile  # type: ignore[attr-defined]
+        run.stop_loop_thread()
 
 
 def _discard_profile(request: HttpRequest, profile: ProfileRun | None) -> None:

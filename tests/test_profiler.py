@@ -16,6 +16,7 @@ from django.core import signing
 from django.core.management import CommandError, call_command
 from django.http import HttpRequest, HttpResponse
 from django.test import Client, RequestFactory
+from django.urls import path
 
 from django_perfkit.middleware import PerfkitMiddleware
 from django_perfkit.profiler import make_token, read_token
@@ -335,6 +336,64 @@ async def test_a_sync_view_under_asgi_shows_its_own_frames(settings: Any) -> Non
     # Without the view's thread, the profile would hold only the event loop's frames.
     data = await sync_to_async(load_profile)(response["X-Perfkit-Profile-Id"])
     assert data is not None and data["meta"]["path"] == "/articles/"
+
+
+urlpatterns = [path("busy/async/", async_busy_view)]
+
+
+@pytest.mark.urls(__name__)
+def test_an_async_view_under_wsgi_shows_its_own_frames(settings: Any, staff: User) -> None:
+    """Under WSGI Django runs an async view on an event loop in a thread of its
+    own, which the request thread's profiler does not sample."""
+    profiler(settings)
+    response = Client().get("/busy/async/", HTTP_X_PERFKIT_PROFILE=make_token(staff, 60))
+    assert response.status_code == 200 and response.content == b"ok"
+    profile_id = response["X-Perfkit-Profile-Id"]
+    text = stored_functions(profile_id)
+    assert "async_busy_view\\u0000" in text
+    assert "marker_function_for_the_profile\\u0000" in text
+    data = load_profile(profile_id)
+    assert data is not None
+    # The request's duration, not the two threads' durations added up.
+    assert data["meta"]["duration_ms"] < data["session"]["duration"] * 1000
+
+
+def test_an_async_view_under_wsgi_is_profiled_through_a_session_too(
+    settings: Any, staff: User
+) -> None:
+    # The demo's async JSON API, signed in: the profile starts at the view.
+    profiler(settings)
+    client = Client()
+    client.force_login(staff)
+    response = client.get("/api/articles/async/", HTTP_X_PERFKIT_PROFILE="1")
+    assert response.status_code == 200
+    assert "api_articles_async\\u0000" in stored_functions(response["X-Perfkit-Profile-Id"])
+
+
+def test_an_unprofiled_async_view_under_wsgi_is_not_pinned_to_a_thread(settings: Any) -> None:
+    from asgiref.sync import AsyncToSync
+
+    profiler(settings)
+    seen: list[object] = []
+
+    async def view(request: HttpRequest) -> HttpResponse:
+        seen.append(AsyncToSync.async_single_thread_context.get(None))
+        return HttpResponse("ok")
+
+    middleware = PerfkitMiddleware(lambda request: HttpResponse())
+
+    def get_response(request: HttpRequest) -> HttpResponse:
+        from asgiref.sync import async_to_sync
+
+        assert middleware.process_view(request, view, (), {}) is None
+        return async_to_sync(view)(request)
+
+    middleware.get_response = get_response
+    request = RequestFactory().get("/busy/async/", HTTP_X_PERFKIT_PROFILE="1")
+    request.user = AnonymousUser()
+    assert middleware(request).content == b"ok"
+    assert seen == [None]
+    assert AsyncToSync.async_single_thread_context.get(None) is None
 
 
 # --- sampled profiles of slow routes -----------------------------------------------------
