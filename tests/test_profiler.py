@@ -399,7 +399,7 @@ def test_an_unprofiled_async_view_under_wsgi_is_not_pinned_to_a_thread(settings:
 # --- sampled profiles of slow routes -----------------------------------------------------
 
 
-def serve_routed(view: Any, path: str = "/healthz") -> HttpResponse:
+def serve_routed(view: Any, path: str = "/healthz", **meta: Any) -> HttpResponse:
     """A request through the middleware with its route resolved and process_view run."""
     from django.urls import resolve
 
@@ -410,7 +410,7 @@ def serve_routed(view: Any, path: str = "/healthz") -> HttpResponse:
         return answer if answer is not None else view(request)
 
     middleware.get_response = get_response
-    request = RequestFactory().get(path)
+    request = RequestFactory().get(path, **meta)
     request.resolver_match = resolve(path)
     request.user = AnonymousUser()
     response: HttpResponse = middleware(request)
@@ -457,6 +457,20 @@ def test_sampling_takes_one_in_n_and_respects_min_interval(settings: Any) -> Non
     for _ in range(4):
         serve_routed(slow_view)
     assert len(recent_profiles()) == 3  # then one per MIN_INTERVAL per route
+
+
+def test_a_request_profiled_on_the_header_is_not_sampled_as_well(
+    settings: Any, staff: User
+) -> None:
+    import sys
+
+    profiler(settings, SLOW_REQUEST_MS=5000, SAMPLE_SLOW=1)
+    serve_routed(slow_view)  # notes the route
+    response = serve_routed(slow_view, HTTP_X_PERFKIT_PROFILE=make_token(staff, 60))
+    (listed,) = recent_profiles()  # the caller's, and no second one
+    assert listed["who"] == f"user:{staff.pk}"
+    assert response["X-Perfkit-Profile-Id"]
+    assert sys.getprofile() is None  # no profiler left running on this thread
 
 
 def test_sampling_is_off_by_default(settings: Any) -> None:
