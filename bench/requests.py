@@ -180,11 +180,14 @@ def _tail(text: str, lines: int = 1) -> str:
 class Server:
     """One configuration's gunicorn, its output appended to a log file."""
 
-    def __init__(self, config: str, python: str, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, config: str, python: str, env: dict[str, str], log: Path, workers: int = WORKERS
+    ) -> None:
         self.config = config
         self.port = free_port()
         self.log = log
-        command = [python, "-m", "gunicorn", "-w", str(WORKERS), "-b", f"127.0.0.1:{self.port}",
+        self.workers = workers
+        command = [python, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{self.port}",
                    "--worker-tmp-dir", "/dev/shm", "--chdir", str(ROOT),
                    "testproject.wsgi"]  # fmt: skip
         if config == "ddtrace":
@@ -205,7 +208,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited: {_tail(self.new_log(offset), 3)}")
             booted = self.new_log(offset).count("Booting worker")
-            if booted >= WORKERS and get(self.port, "/healthz")[0] == 200:
+            if booted >= self.workers and get(self.port, "/healthz")[0] == 200:
                 return
             time.sleep(0.2)
         raise RuntimeError(f"gunicorn did not start: {_tail(self.new_log(offset), 3)}")

@@ -33,6 +33,7 @@ from bench import (  # noqa: E402
 from bench import query_guard as query_guard_bench  # noqa: E402
 from bench import ratelimit as ratelimit_bench  # noqa: E402
 from bench import requests as requests_bench  # noqa: E402
+from bench import scaleout as scaleout_bench  # noqa: E402
 
 
 def _cmd(args: list[str]) -> str:
@@ -174,6 +175,9 @@ def main() -> None:
         request_instructions, "## Cost per request in instructions (callgrind)"
     )
     sections += section(faults_bench, "faults.py", "## Faults under load")
+    sections += section(
+        scaleout_bench, "scaleout.py", "## Scale-out: two app servers, one Redis or a Cluster"
+    )
     sections += [
         "## Reproduce",
         "",
@@ -186,6 +190,7 @@ def main() -> None:
         "python bench/query_guard.py                                   # another",
         "python bench/requests.py                                      # another (needs wrk)",
         "python bench/faults.py                                        # another",
+        "python bench/scaleout.py                                      # another",
         "make bench-instructions        # callgrind: bench/suite_instructions.py and",
         "                               # bench/request_instructions.py (~30 min), kept in",
         "                               # bench/results/ for make bench",
