@@ -153,6 +153,15 @@ def test_disabled_cache_runs_every_query(world: dict) -> None:
         assert len(q) == 1
 
 
+def test_perfkit_switched_off_runs_every_query(world: dict) -> None:
+    # PERFKIT["ENABLED"] = False turns caching off too, not only the middleware.
+    with override_settings(PERFKIT={"KEY_PREFIX": KEY_PREFIX, "ENABLED": False}):
+        news_list(world)
+        with queries() as q:
+            news_list(world)
+        assert len(q) == 1
+
+
 def test_empty_result_sets_are_not_cached_and_return_empty() -> None:
     with queries() as q:
         assert list(Article.objects.filter(pk__in=[]).cache()) == []
