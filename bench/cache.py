@@ -65,7 +65,7 @@ COMPETITORS = {
 }
 CACHES = ["perfkit", "perfkit-key", "cacheops", "cachalot"]
 IMPLS = ["none", *CACHES]
-LATENCY_ROUNDS = 5
+LATENCY_ROUNDS = 3
 RACE_READERS = 3
 
 

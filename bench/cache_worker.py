@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 ITEMS = 2000
 CATEGORIES = 20
-N = 2000
+N = 1000
 WARMUP = 200
 
 
@@ -211,8 +211,8 @@ def latency(impl: str) -> dict[str, Any]:
         item.n = rng.randint(0, 10**6)
         item.save()
 
-    results["save_us"] = _median_us(save, n=1000)
-    saves = WARMUP + 1000
+    results["save_us"] = _median_us(save, n=500)
+    saves = WARMUP + 500
     results["save_selects"] = (_counts["select"] - before["select"]) / saves
     results["save_redis_calls"] = (_redis_commands() - redis_before) / saves
     return results

@@ -25,10 +25,12 @@ def _bin(name: str) -> str:
 
 
 class PrivatePostgres:
-    def __init__(self) -> None:
+    def __init__(self, options: str = "") -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="perfkit-bench-pg-"))
         self.user = "postgres"
+        #: More server options (``-c name=value ...``).
+        self.options = options
 
     def start(self) -> None:
         data = self.dir / "data"
@@ -45,6 +47,7 @@ class PrivatePostgres:
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir}"
             " -c max_connections=300 -c fsync=off -c synchronous_commit=off"
             " -c full_page_writes=off -c shared_buffers=128MB"
+            f" {self.options}"
         )
         subprocess.run(
             [*run_as, _bin("pg_ctl"), "-D", str(data), "-o", options, "-w", "-l",

@@ -30,14 +30,14 @@ Configurations (``bench/requests_settings.py``, ``DEBUG`` off unless said):
 Each configuration runs in a virtualenv of its own with the same pinned
 Django, database and Redis clients as the project's (the competitor added).
 Its gunicorn is started; then, for each route, the workers are warmed for
-1 s, ``wrk -t2 -c16`` runs for 4 s, and ``wrk -t1 -c1`` for 2 s. The
+1 s, ``wrk -t2 -c16`` runs for 3 s, and ``wrk -t1 -c1`` for 1 s. The
 16-connection run gives requests per second and the **server CPU time per
 request**: the CPU time of gunicorn's processes, PostgreSQL's and Redis's
 over the run (from ``/proc``), divided by the requests served. The
 one-connection run gives the median latency of one request at a time, with
 no queueing in it. "Added" is the median, over the rounds, of the difference
 from ``bare``'s figure in the same round, and the ratio to ``bare`` the median
-of the rounds' ratios. The configurations take turns round by round (4
+of the rounds' ratios. The configurations take turns round by round (3
 rounds, the order rotated); the other columns are medians of the rounds.
 
 Every response is checked: a configuration that answered anything but 2xx,
@@ -88,10 +88,10 @@ CONFIGS = ["bare", "perfkit", "perfkit-guard-off", "ddtrace", "silk", "debug-too
 ROUTES = {"trivial": "/healthz", "article list": "/articles/"}
 WORKERS = 4
 CONNECTIONS = 16
-ROUNDS = int(os.environ.get("BENCH_REQUESTS_ROUNDS", "4"))
+ROUNDS = int(os.environ.get("BENCH_REQUESTS_ROUNDS", "3"))
 WARMUP_S = 1
-THROUGHPUT_S = int(os.environ.get("BENCH_REQUESTS_SECONDS", "4"))
-LATENCY_S = 2
+THROUGHPUT_S = int(os.environ.get("BENCH_REQUESTS_SECONDS", "3"))
+LATENCY_S = 1
 DATABASE = "perfkit_bench"
 GUNICORN = "gunicorn==27.0.1"
 #: What each competitor adds to the common environment.

@@ -5,7 +5,7 @@ process). The page starts with the machine facts, so numbers from different
 machines are never compared by accident.
 
 Run: ``make bench`` (or ``python bench/run.py``). ``BENCH_ROUNDS`` sets the
-number of interleaved rounds (default 15).
+number of interleaved rounds of the query collector (default 9).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from bench import query_guard as query_guard_bench  # noqa: E402
 from bench import ratelimit as ratelimit_bench  # noqa: E402
 from bench import requests as requests_bench  # noqa: E402
 from bench import scaleout as scaleout_bench  # noqa: E402
+from bench import stack as stack_bench  # noqa: E402
 
 
 def _cmd(args: list[str]) -> str:
@@ -75,6 +77,7 @@ def machine_facts() -> list[str]:
 
 
 def run_script(script: str, *args: str) -> dict[str, object]:
+    started = time.monotonic()
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), "--json", *args],
         capture_output=True,
@@ -82,16 +85,24 @@ def run_script(script: str, *args: str) -> dict[str, object]:
         check=True,
         cwd=ROOT,
     )
+    name = " ".join([script, *args])
+    TOOK[name] = TOOK.get(name, 0.0) + time.monotonic() - started
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+#: Seconds each script took, shown at the end of the page (the budget is 15 minutes).
+TOOK: dict[str, float] = {}
 
 
 def section(module: Any, script: str, heading: str) -> list[str]:
     """Run one competitor benchmark (its own process) and format its section."""
     print(f"bench: {script} (private servers, competitors in .bench/venvs)...", flush=True)
+    started = time.monotonic()
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), "--json"],
         capture_output=True, text=True, check=True, cwd=ROOT,
     )  # fmt: skip
+    TOOK[script] = time.monotonic() - started
     text = module.table(json.loads(out.stdout.strip().splitlines()[-1]))
     print(text, flush=True)
     return [heading, "", module.__doc__.split("\n\n", 1)[1].strip(), "", text, ""]
@@ -106,7 +117,8 @@ def stored_section(module: Any, heading: str) -> list[str]:
 
 
 def main() -> None:
-    rounds = os.environ.get("BENCH_ROUNDS", "15")
+    began = time.monotonic()
+    rounds = os.environ.get("BENCH_ROUNDS", "9")
     sections = [
         "# Benchmarks",
         "",
@@ -174,6 +186,9 @@ def main() -> None:
     sections += stored_section(
         request_instructions, "## Cost per request in instructions (callgrind)"
     )
+    sections += section(
+        stack_bench, "stack.py", "## Whole stack: plain Django, perfkit, perfkit with its caches"
+    )
     sections += section(faults_bench, "faults.py", "## Faults under load")
     sections += section(
         scaleout_bench, "scaleout.py", "## Scale-out: two app servers, one Redis or a Cluster"
@@ -191,10 +206,22 @@ def main() -> None:
         "python bench/requests.py                                      # another (needs wrk)",
         "python bench/faults.py                                        # another",
         "python bench/scaleout.py                                      # another",
+        "python bench/stack.py                                         # another (needs wrk)",
         "make bench-instructions        # callgrind: bench/suite_instructions.py and",
         "                               # bench/request_instructions.py (~30 min), kept in",
         "                               # bench/results/ for make bench",
         "```",
+        "",
+    ]
+    took = time.monotonic() - began
+    sections += [
+        "## How long it took",
+        "",
+        f"`make bench` took {took / 60:.1f} minutes on this machine (the budget is 15):",
+        "",
+        "| script | seconds |",
+        "|---|---|",
+        *(f"| `{name}` | {seconds:.0f} |" for name, seconds in TOOK.items()),
         "",
     ]
     target = ROOT / "docs" / "benchmarks.md"
