@@ -22,7 +22,7 @@ private Redis, with the same tables and data (``bench/cacheapp``: 2,000 items in
 * **Stale reads** per 1,000: 3 reader processes and 1 writer saving one row
   300 times about 2 ms apart (``cache_worker.py race``).
 * **Stampede**: 100 threads miss the same 50 ms query at once; how many ran it.
-* **Memory**: Redis bytes and keys per cached query over 4,000 small queries.
+* **Memory**: Redis bytes and keys per cached query over 2,000 small queries.
 
 Run: ``python bench/cache.py`` (``make bench`` runs it and rewrites
 docs/benchmarks.md).
@@ -65,7 +65,7 @@ COMPETITORS = {
 }
 CACHES = ["perfkit", "perfkit-key", "cacheops", "cachalot"]
 IMPLS = ["none", *CACHES]
-LATENCY_ROUNDS = 3
+LATENCY_ROUNDS = 2
 RACE_READERS = 3
 
 

@@ -389,7 +389,7 @@ def memory(impl: str) -> dict[str, Any]:
     client = redis.Redis.from_url(REDIS_URL)
     keys_before = client.dbsize()
     used_before = int(client.info("memory")["used_memory"])
-    pks = list(Item.objects.order_by("id").values_list("id", flat=True)[:2000])
+    pks = list(Item.objects.order_by("id").values_list("id", flat=True)[:1000])
     for pk in pks:
         cached(Item.objects.filter(pk=pk), impl, f"mem:{pk}").first()
     for i, pk in enumerate(pks):

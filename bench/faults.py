@@ -10,7 +10,7 @@ rate-limited by the demo's ``@ratelimit``) and search (``/search/?q=the``:
 uncached queries, rate-limited too). Both limits keep the default failure
 policy, ``fail="open"``, at a rate the load never reaches, so every request
 of theirs still asks Redis. Each fault gets a fresh gunicorn and runs
-``2 s`` of warm-up, ``6 s`` before the fault, ``10 s`` of fault and ``12 s``
+``2 s`` of warm-up, ``4 s`` before the fault, ``10 s`` of fault and ``10 s``
 after it:
 
 * **Redis stopped**: the Redis process is stopped and, 10 s later, started
@@ -90,7 +90,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bench import venvs  # noqa: E402
+from bench import site, venvs  # noqa: E402
 from bench.cli import report  # noqa: E402
 from bench.pgserver import PrivatePostgres  # noqa: E402
 from bench.requests import (  # noqa: E402
@@ -102,6 +102,7 @@ from bench.requests import (  # noqa: E402
     venv_name,
     versions,
 )
+from bench.site import manage, site_env  # noqa: E402
 from tests.redis_servers import PrivateRedis  # noqa: E402
 
 FAULTS = {
@@ -112,9 +113,9 @@ FAULTS = {
 ROUTES = {"article list": "/articles/", "JSON API": "/api/articles/", "search": "/search/?q=the"}
 CONNECTIONS = 16
 WARMUP_S = 2.0
-BEFORE_S = 6.0
+BEFORE_S = 4.0
 FAULT_S = 10.0
-AFTER_S = 12.0
+AFTER_S = 10.0
 #: When the writes, probes and samples happen, in seconds from the fault's start or end.
 WRITE_DURING_S = 1.0
 PROBE_DURING_S = 5.0
@@ -138,7 +139,6 @@ REQUEST_TIMEOUT_S = 30.0
 DATABASE = "perfkit_faults"
 LOCKED_TABLE = "news_article"
 SETTINGS = "bench.faults_settings"
-MANAGE = str(ROOT / "testproject" / "manage.py")
 WRITE_CODE = """
 import time
 from testproject.news.models import Article
@@ -315,12 +315,6 @@ class RedisProxy:
 
 
 # -- the run --------------------------------------------------------------------------
-
-
-def manage(python: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [python, MANAGE, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
 
 
 def write_title(python: str, env: dict[str, str], title: str) -> dict[str, Any]:
@@ -687,20 +681,11 @@ def run() -> dict[str, Any]:
     try:
         pg.start()
         redis.start()
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "DJANGO_"))}
-        base.update(
-            DJANGO_SETTINGS_MODULE=SETTINGS,
-            DATABASE_URL=f"postgres://{pg.user}@127.0.0.1:{pg.port}/{DATABASE}",
-            REDIS_URL=redis.url,
-            PERFKIT_DEMO_QUIET="1",
-            PYTHONPATH=str(ROOT),
-        )
-        # The project's environment for the data: seed needs model_bakery.
-        for args in (["prepare_db"], ["migrate", "--noinput"], ["seed", "--if-empty"]):
-            print(f"bench: manage.py {' '.join(args)} ...", file=sys.stderr, flush=True)
-            out = manage(sys.executable, base, *args)
-            if out.returncode != 0:
-                return {**results, "error": f"manage.py {args[0]} failed: {out.stderr[-300:]}"}
+        base = site_env(SETTINGS, pg, DATABASE, redis.url)
+        try:
+            site.prepare(base)
+        except RuntimeError as exc:
+            return {**results, "error": str(exc)}
         for name in chosen:
             print(f"bench: fault {name} under load ...", file=sys.stderr, flush=True)
             try:

@@ -71,6 +71,17 @@ class PrivatePostgres:
             check=True,
         )
 
+    def psql(self, database: str, sql: str) -> str:
+        """One statement's result as text (``psql -tA``); RuntimeError if it failed."""
+        out = subprocess.run(
+            [_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-d",
+             database, "-tAc", sql],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise RuntimeError(f"psql: {(out.stderr.strip().splitlines() or ['failed'])[-1]}")
+        return out.stdout.strip()
+
     def stop(self) -> None:
         run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         subprocess.run(

@@ -5,7 +5,7 @@ On one private Redis (its own port, so its command counts are ours alone):
 * **round trips per check**: top-level commands seen by ``MONITOR`` over 100
   checks (commands run inside a Lua script are not round trips);
 * **µs per check**: p50 and p99 over 1,500 checks after 200 warm-up, single
-  thread, the allowed path; five rounds with the limiters interleaved, median
+  thread, the allowed path; three rounds with the limiters interleaved, median
   of the rounds (a loopback round trip on this shared machine varies by tens of
   µs from minute to minute, so one long run per limiter would compare
   different moments, not different limiters);
@@ -47,7 +47,7 @@ COMPETITORS = {
 PERFKIT = ["perfkit-sliding", "perfkit-gcra", "perfkit-fixed"]
 IMPLS = [*PERFKIT, "django-ratelimit", "drf", "raw-incr"]
 TARGET_RATIO = 1.3
-LATENCY_ROUNDS = 5
+LATENCY_ROUNDS = 3
 
 
 def python_for(impl: str) -> str:

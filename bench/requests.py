@@ -16,7 +16,8 @@ Configurations (``bench/requests_settings.py``, ``DEBUG`` off unless said):
   defaults (query guard in ``log`` mode, slow-request log, ``Server-Timing``
   for everyone), no profile requested.
 * ``perfkit-guard-off``: the same with ``QUERY_GUARD["MODE"] = "off"``, to
-  show what N+1 detection costs.
+  show what N+1 detection costs; only when ``BENCH_REQUESTS_CONFIGS`` names it
+  (``make bench`` leaves it out, for time).
 * ``ddtrace``: ``bare`` under ``ddtrace-run`` with its defaults, the agent URL
   pointing at a closed loopback port (traces are built, encoded and
   dropped; no agent takes CPU), telemetry and remote configuration off.
@@ -30,7 +31,7 @@ Configurations (``bench/requests_settings.py``, ``DEBUG`` off unless said):
 Each configuration runs in a virtualenv of its own with the same pinned
 Django, database and Redis clients as the project's (the competitor added).
 Its gunicorn is started; then, for each route, the workers are warmed for
-1 s, ``wrk -t2 -c16`` runs for 3 s, and ``wrk -t1 -c1`` for 1 s. The
+1 s, ``wrk -t2 -c16`` runs for 2 s, and ``wrk -t1 -c1`` for 1 s. The
 16-connection run gives requests per second and the **server CPU time per
 request**: the CPU time of gunicorn's processes, PostgreSQL's and Redis's
 over the run (from ``/proc``), divided by the requests served. The
@@ -51,8 +52,9 @@ was). Requests carrying ``X-Perfkit-Profile`` are not measured here.
 
 Run: ``python bench/requests.py`` (``make bench`` runs it and rewrites
 docs/benchmarks.md). Needs ``wrk`` (``apt-get install wrk``).
-``BENCH_REQUESTS_ROUNDS`` and ``BENCH_REQUESTS_SECONDS`` (the 16-connection
-measurement) change the defaults.
+``BENCH_REQUESTS_ROUNDS``, ``BENCH_REQUESTS_SECONDS`` (the 16-connection
+measurement) and ``BENCH_REQUESTS_CONFIGS`` (comma-separated) change the
+defaults.
 """
 
 from __future__ import annotations
@@ -79,18 +81,27 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bench import venvs  # noqa: E402
+from bench import site, venvs  # noqa: E402
 from bench.cli import report  # noqa: E402
-from bench.pgserver import PrivatePostgres, _bin  # noqa: E402
+from bench.pgserver import PrivatePostgres  # noqa: E402
+from bench.site import site_env  # noqa: E402
 from tests.redis_servers import PrivateRedis, free_port  # noqa: E402
 
-CONFIGS = ["bare", "perfkit", "perfkit-guard-off", "ddtrace", "silk", "debug-toolbar"]
+#: ``perfkit-guard-off`` (what N+1 detection costs) only when asked for, by
+#: ``BENCH_REQUESTS_CONFIGS`` (a comma-separated list): make bench has a time budget.
+CONFIGS = [
+    c
+    for c in os.environ.get(
+        "BENCH_REQUESTS_CONFIGS", "bare,perfkit,ddtrace,silk,debug-toolbar"
+    ).split(",")
+    if c
+]
 ROUTES = {"trivial": "/healthz", "article list": "/articles/"}
 WORKERS = 4
 CONNECTIONS = 16
 ROUNDS = int(os.environ.get("BENCH_REQUESTS_ROUNDS", "3"))
 WARMUP_S = 1
-THROUGHPUT_S = int(os.environ.get("BENCH_REQUESTS_SECONDS", "3"))
+THROUGHPUT_S = int(os.environ.get("BENCH_REQUESTS_SECONDS", "2"))
 LATENCY_S = 1
 DATABASE = "perfkit_bench"
 GUNICORN = "gunicorn==27.0.1"
@@ -242,12 +253,19 @@ def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
     return response.status, {k.lower(): v for k, v in response.getheaders()}, body
 
 
-def wrk(port: int, path: str, script: Path, seconds: int, connections: int) -> dict[str, Any]:
+def wrk(
+    port: int, path: str, script: Path, seconds: int, connections: int, timeout_s: int = 2
+) -> dict[str, Any]:
+    """One ``wrk`` run; its script prints a ``BENCHJSON {...}`` line, returned as a dict.
+
+    ``timeout_s``: wrk's own per-request timeout (a request slower than that is
+    counted as a timeout, not as a response).
+    """
     threads = min(2, connections)
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", str(script),
-         f"http://127.0.0.1:{port}{path}"],
-        capture_output=True, text=True, timeout=seconds + 60,
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout",
+         f"{timeout_s}s", "-s", str(script), f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, timeout=seconds + timeout_s + 60,
     )  # fmt: skip
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCHJSON ")), None)
     if line is None:
@@ -334,12 +352,10 @@ def measure(
 
 
 def psql(pg: PrivatePostgres, sql: str) -> str:
-    out = subprocess.run(
-        [_bin("psql"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", pg.user, "-d", DATABASE,
-         "-tAc", sql],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    return out.stdout.strip() if out.returncode == 0 else f"error: {_tail(out.stderr)}"
+    try:
+        return pg.psql(DATABASE, sql)
+    except RuntimeError as exc:
+        return f"error: {exc}"
 
 
 def run() -> dict[str, Any]:
@@ -373,14 +389,7 @@ def run() -> dict[str, Any]:
         assert redis.proc is not None
         redis_pid = redis.proc.pid
         postmaster = int((pg.dir / "data" / "postmaster.pid").read_text().split()[0])
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "DJANGO_"))}
-        base.update(
-            DJANGO_SETTINGS_MODULE="bench.requests_settings",
-            DATABASE_URL=f"postgres://{pg.user}@127.0.0.1:{pg.port}/{DATABASE}",
-            REDIS_URL=redis.url,
-            PERFKIT_DEMO_QUIET="1",
-            PYTHONPATH=str(ROOT),
-        )
+        base = site_env("bench.requests_settings", pg, DATABASE, redis.url)
         envs = {config: {**base, "BENCH_CONFIG": config} for config in pythons}
         if "ddtrace" in envs:
             envs["ddtrace"].update(
@@ -389,22 +398,10 @@ def run() -> dict[str, Any]:
                 DD_REMOTE_CONFIGURATION_ENABLED="false",
                 DD_SERVICE="perfkit-bench",
             )
-        manage = [str(ROOT / "testproject" / "manage.py")]
-        # The project's environment for the schema and the data: seed needs model_bakery.
-        for args in (["prepare_db"], ["migrate", "--noinput"], ["seed", "--if-empty"]):
-            print(f"bench: manage.py {' '.join(args)} ...", file=sys.stderr, flush=True)
-            out = subprocess.run(
-                [sys.executable, *manage, *args], env={**base, "BENCH_CONFIG": "bare"},
-                cwd=ROOT, capture_output=True, text=True,
-            )  # fmt: skip
-            if out.returncode != 0:
-                raise RuntimeError(f"manage.py {args[0]} failed: {_tail(out.stderr, 3)}")
+        site.prepare({**base, "BENCH_CONFIG": "bare"})
         for config in list(pythons):
             # Each configuration's own tables (silk's), and a check that it loads.
-            out = subprocess.run(
-                [pythons[config], *manage, "migrate", "--noinput"],
-                env=envs[config], cwd=ROOT, capture_output=True, text=True,
-            )  # fmt: skip
+            out = site.manage(pythons[config], envs[config], "migrate", "--noinput")
             if out.returncode != 0:
                 errors[config] = f"manage.py migrate failed: {_tail(out.stderr)}"
                 del pythons[config]

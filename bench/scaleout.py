@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
 import sys
@@ -49,11 +48,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bench import venvs  # noqa: E402
+from bench import site, venvs  # noqa: E402
 from bench.cli import report  # noqa: E402
-from bench.faults import manage, request  # noqa: E402
+from bench.faults import request  # noqa: E402
 from bench.pgserver import PrivatePostgres  # noqa: E402
 from bench.requests import Server, requirements, venv_name, versions  # noqa: E402
+from bench.site import manage, site_env  # noqa: E402
 from tests.redis_servers import PrivateCluster, PrivateRedis  # noqa: E402
 
 SETTINGS = "bench.scaleout_settings"
@@ -216,19 +216,11 @@ def run() -> dict[str, Any]:
         pg.start()
         redis.start()
         cluster.start(str(tmp))
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "DJANGO_"))}
-        base.update(
-            DJANGO_SETTINGS_MODULE=SETTINGS,
-            DATABASE_URL=f"postgres://{pg.user}@127.0.0.1:{pg.port}/{DATABASE}",
-            REDIS_URL=redis.url,
-            PERFKIT_DEMO_QUIET="1",
-            PYTHONPATH=str(ROOT),
-        )
-        for args in (["prepare_db"], ["migrate", "--noinput"], ["seed", "--if-empty"]):
-            print(f"bench: manage.py {' '.join(args)} ...", file=sys.stderr, flush=True)
-            out = manage(sys.executable, base, *args)
-            if out.returncode != 0:
-                return {**results, "error": f"manage.py {args[0]} failed: {out.stderr[-300:]}"}
+        base = site_env(SETTINGS, pg, DATABASE, redis.url)
+        try:
+            site.prepare(base)
+        except RuntimeError as exc:
+            return {**results, "error": str(exc)}
         for backend, url in (("single", redis.url), ("cluster", cluster.url)):
             print(f"bench: scale-out on {BACKENDS[backend]} ...", file=sys.stderr, flush=True)
             try:

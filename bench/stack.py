@@ -24,14 +24,14 @@ password, from one client: plain Django runs the password hasher for every
 attempt; with perfkit the demo's limits, 20 attempts a minute per IP and 5 per
 username, answer the rest with 429 before the hasher runs).
 
-Each configuration's gunicorn is started in turn, three rounds, the order
+Each configuration's gunicorn is started in turn, two rounds, the order
 rotated; for each route the workers are warmed for 1 s, then ``wrk`` runs for
 3 s; after each run the requests wrk left queued are served before the next
 one starts. Reported: requests per second and its ratio to ``bare`` (the
 median of the rounds' ratios), p50 and p99 latency at 16 connections
 (queueing included), the statuses, and the **database queries per request**,
 counted by PostgreSQL (``pg_stat_statements``: the statements the site sent
-for 20 requests sent one at a time, divided by 20).
+for 20 requests sent one at a time after the warm-up, divided by 20).
 
 Run: ``python bench/stack.py`` (``make bench`` runs it and rewrites
 docs/benchmarks.md). Needs ``wrk``. ``BENCH_STACK_ROUNDS`` changes the rounds.
@@ -40,13 +40,11 @@ docs/benchmarks.md). Needs ``wrk``. ``BENCH_STACK_ROUNDS`` changes the rounds.
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,23 +57,24 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bench import venvs  # noqa: E402
+from bench import requests as requests_bench  # noqa: E402
+from bench import site, venvs  # noqa: E402
 from bench.cli import report  # noqa: E402
-from bench.pgserver import PrivatePostgres, _bin  # noqa: E402
+from bench.pgserver import PrivatePostgres  # noqa: E402
 from bench.requests import (  # noqa: E402
     WORKERS,
     Server,
-    _tail,
     requirements,
     tree_cpu,
     venv_name,
     versions,
 )
+from bench.site import site_env  # noqa: E402
 from tests.redis_servers import PrivateRedis  # noqa: E402
 
 CONFIGS = ["bare", "perfkit", "perfkit-cache"]
 ROUTES = ["article list", "article page", "JSON API", "login burst"]
-ROUNDS = int(os.environ.get("BENCH_STACK_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_STACK_ROUNDS", "2"))
 CONNECTIONS = 16
 WARMUP_S = 1
 SECONDS = 3
@@ -129,33 +128,13 @@ wrk.headers["Cookie"] = "csrftoken=%(cookie)s"
 
 
 def wrk(port: int, path: str, script: Path, seconds: int) -> dict[str, Any]:
-    out = subprocess.run(
-        ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "30s", "-s",
-         str(script), f"http://127.0.0.1:{port}{path}"],
-        capture_output=True, text=True, timeout=seconds + 90,
-    )  # fmt: skip
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCHJSON ")), None)
-    if line is None:
-        return {"error": _tail(out.stderr or out.stdout)}
-    data: dict[str, Any] = json.loads(line.split(" ", 1)[1])
-    data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
-    return data
-
-
-def psql(pg: PrivatePostgres, sql: str) -> str:
-    out = subprocess.run(
-        [_bin("psql"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", pg.user, "-d", DATABASE,
-         "-tAc", sql],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if out.returncode != 0:
-        raise RuntimeError(f"psql: {_tail(out.stderr)}")
-    return out.stdout.strip()
+    # A login attempt that runs the password hasher takes seconds under this load.
+    return requests_bench.wrk(port, path, script, seconds, CONNECTIONS, timeout_s=30)
 
 
 def statements(pg: PrivatePostgres) -> int:
-    """Statements the database has run so far (this query's own call included)."""
-    return int(psql(pg, "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements"))
+    """Statements the database has run so far (not counting this query itself)."""
+    return int(pg.psql(DATABASE, "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements"))
 
 
 def get(port: int, path: str, timeout: float = 120) -> int:
@@ -191,7 +170,7 @@ def queries_per_request(pg: PrivatePostgres, port: int, path: str, body: str | N
             conn.request("POST", path, data, headers)
         conn.getresponse().read()
         conn.close()
-    # Less the first read of pg_stat_statements (the second one is not in its own count).
+    # Less the first read of pg_stat_statements (counted once it had run).
     return (statements(pg) - before - 1) / QUERY_SAMPLE
 
 
@@ -238,26 +217,11 @@ def run() -> dict[str, Any]:
         postmaster = int((pg.dir / "data" / "postmaster.pid").read_text().split()[0])
         assert redis.proc is not None
         backend = [postmaster, redis.proc.pid]
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("DD_", "DJANGO_"))}
-        base.update(
-            DJANGO_SETTINGS_MODULE=SETTINGS,
-            DATABASE_URL=f"postgres://{pg.user}@127.0.0.1:{pg.port}/{DATABASE}",
-            REDIS_URL=redis.url,
-            PERFKIT_DEMO_QUIET="1",
-            PYTHONPATH=str(ROOT),
-        )
-        manage = [str(ROOT / "testproject" / "manage.py")]
-        for args in (["prepare_db"], ["migrate", "--noinput"], ["seed", "--if-empty"]):
-            print(f"bench: manage.py {' '.join(args)} ...", file=sys.stderr, flush=True)
-            out = subprocess.run(
-                [sys.executable, *manage, *args], env={**base, "BENCH_CONFIG": "bare"},
-                cwd=ROOT, capture_output=True, text=True,
-            )  # fmt: skip
-            if out.returncode != 0:
-                raise RuntimeError(f"manage.py {args[0]} failed: {_tail(out.stderr, 3)}")
-        psql(pg, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        slug = psql(
-            pg,
+        base = site_env(SETTINGS, pg, DATABASE, redis.url)
+        site.prepare({**base, "BENCH_CONFIG": "bare"})
+        pg.psql(DATABASE, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        slug = pg.psql(
+            DATABASE,
             "SELECT slug FROM news_article WHERE is_published ORDER BY published_at DESC LIMIT 1",
         )
         paths = {
@@ -289,12 +253,12 @@ def run() -> dict[str, Any]:
                         form = f"csrftoken={cookie}\ncsrfmiddlewaretoken={token}" if login else None
                         if form is not None:
                             form += "&username=bench-guess&password=wrong"
-                        if r == 0:  # the same in every round: counted once, one at a time
+                        wrk(server.port, paths[route], scripts[route], WARMUP_S)
+                        drain(server.port)
+                        if r == 0:  # the same in every round: counted once, warm, one at a time
                             queries[config][route] = queries_per_request(
                                 pg, server.port, paths[route], form
                             )
-                        wrk(server.port, paths[route], scripts[route], WARMUP_S)
-                        drain(server.port)
                         app0, backend0 = tree_cpu([server.proc.pid]), tree_cpu(backend)
                         data = wrk(server.port, paths[route], scripts[route], SECONDS)
                         drain(server.port)
@@ -411,7 +375,7 @@ def _notes(results: dict[str, Any]) -> list[str]:
         "over the run (from `/proc`), divided by the requests served.",
         "- Queries / request: statements PostgreSQL ran (`pg_stat_statements`, utility "
         f"statements not counted) for {QUERY_SAMPLE} requests sent one at a time after the "
-        f"server started (first round), divided by {QUERY_SAMPLE}.",
+        f"warm-up (first round), divided by {QUERY_SAMPLE}.",
     ]
     load = results.get("loadavg", [])
     if len(load) == 2:
