@@ -24,14 +24,15 @@ password, from one client: plain Django runs the password hasher for every
 attempt; with perfkit the demo's limits, 20 attempts a minute per IP and 5 per
 username, answer the rest with 429 before the hasher runs).
 
-Each configuration's gunicorn is started in turn, two rounds, the order
-rotated; for each route the workers are warmed for 1 s, then ``wrk`` runs for
-3 s; after each run the requests wrk left queued are served before the next
-one starts. Reported: requests per second and its ratio to ``bare`` (the
-median of the rounds' ratios), p50 and p99 latency at 16 connections
-(queueing included), the statuses, and the **database queries per request**,
-counted by PostgreSQL (``pg_stat_statements``: the statements the site sent
-for 20 requests sent one at a time after the warm-up, divided by 20).
+Each configuration's gunicorn is started once and kept; then two rounds, the
+configurations taking turns, the order rotated; for each route the workers
+are warmed for 1 s, then ``wrk`` runs for 3 s; after each run the requests
+wrk left queued are served before the next one starts. Reported: requests
+per second and its ratio to ``bare`` (the median of the rounds' ratios), p50
+and p99 latency at 16 connections (queueing included), the statuses, and the
+**database queries per request**, counted by PostgreSQL
+(``pg_stat_statements``: the statements the site sent for 20 requests sent
+one at a time after the warm-up, divided by 20).
 
 Run: ``python bench/stack.py`` (``make bench`` runs it and rewrites
 docs/benchmarks.md). Needs ``wrk``. ``BENCH_STACK_ROUNDS`` changes the rounds.
@@ -236,39 +237,43 @@ def run() -> dict[str, Any]:
             c: {r: [] for r in ROUTES} for c in CONFIGS
         }
         queries: dict[str, dict[str, float]] = {c: {} for c in CONFIGS}
+        # Each server is started once and kept for all the rounds (a server measured
+        # in its first seconds would be measured with its start-up).
+        started: dict[str, Server] = {}
+        forms: dict[str, tuple[str, str]] = {}
+        for config in CONFIGS:
+            server = Server(config, python, {**base, "BENCH_CONFIG": config}, tmp / f"{config}.log")
+            servers.append(server)
+            server.start()
+            started[config] = server
+            forms[config] = csrf(server.port)
         for r in range(ROUNDS):
             for config in CONFIGS[r % len(CONFIGS) :] + CONFIGS[: r % len(CONFIGS)]:
                 print(f"bench: round {r + 1}/{ROUNDS}: {config} ...", file=sys.stderr, flush=True)
-                env = {**base, "BENCH_CONFIG": config}
-                server = Server(config, python, env, tmp / f"{config}.log")
-                servers.append(server)
-                server.start()
+                server = started[config]
                 assert server.proc is not None
-                try:
-                    cookie, token = csrf(server.port)
-                    for route in ROUTES:
-                        login = "login" in route
-                        post = POST % {"token": token, "cookie": cookie} if login else ""
-                        scripts[route].write_text(WRK_SCRIPT % {"post": post})
-                        form = f"csrftoken={cookie}\ncsrfmiddlewaretoken={token}" if login else None
-                        if form is not None:
-                            form += "&username=bench-guess&password=wrong"
-                        wrk(server.port, paths[route], scripts[route], WARMUP_S)
-                        drain(server.port)
-                        if r == 0:  # the same in every round: counted once, warm, one at a time
-                            queries[config][route] = queries_per_request(
-                                pg, server.port, paths[route], form
-                            )
-                        app0, backend0 = tree_cpu([server.proc.pid]), tree_cpu(backend)
-                        data = wrk(server.port, paths[route], scripts[route], SECONDS)
-                        drain(server.port)
-                        done = data.get("requests") or 0
-                        if done:
-                            data["app_cpu_us"] = (tree_cpu([server.proc.pid]) - app0) / done * 1e6
-                            data["backend_cpu_us"] = (tree_cpu(backend) - backend0) / done * 1e6
-                        runs[config][route].append({**data, "round": r})
-                finally:
-                    server.stop()
+                cookie, token = forms[config]
+                for route in ROUTES:
+                    login = "login" in route
+                    post = POST % {"token": token, "cookie": cookie} if login else ""
+                    scripts[route].write_text(WRK_SCRIPT % {"post": post})
+                    form = f"csrftoken={cookie}\ncsrfmiddlewaretoken={token}" if login else None
+                    if form is not None:
+                        form += "&username=bench-guess&password=wrong"
+                    wrk(server.port, paths[route], scripts[route], WARMUP_S)
+                    drain(server.port)
+                    if r == 0:  # the same in every round: counted once, warm, one at a time
+                        queries[config][route] = queries_per_request(
+                            pg, server.port, paths[route], form
+                        )
+                    app0, backend0 = tree_cpu([server.proc.pid]), tree_cpu(backend)
+                    data = wrk(server.port, paths[route], scripts[route], SECONDS)
+                    drain(server.port)
+                    done = data.get("requests") or 0
+                    if done:
+                        data["app_cpu_us"] = (tree_cpu([server.proc.pid]) - app0) / done * 1e6
+                        data["backend_cpu_us"] = (tree_cpu(backend) - backend0) / done * 1e6
+                    runs[config][route].append({**data, "round": r})
         results["runs"] = runs
         results["queries"] = queries
     finally:
