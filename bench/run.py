@@ -183,12 +183,30 @@ def main() -> None:
         suite_instructions, "## Query guard: the demo suite in instructions (callgrind)"
     )
     sections += section(requests_bench, "requests.py", "## Requests per second under gunicorn")
+    sections += [
+        "How to read these: on this shared machine the server CPU per request of one "
+        "configuration moves by 10-20% between rounds a few seconds apart (compare the "
+        "req/s range of each row), more than perfkit's cost on these routes. A difference "
+        "between `bare` and `perfkit` smaller than their ranges, either way, is noise: "
+        "perfkit's own cost per request is counted in instructions in the next section, "
+        "which does not move with the machine.",
+        "",
+    ]
     sections += stored_section(
         request_instructions, "## Cost per request in instructions (callgrind)"
     )
     sections += section(
         stack_bench, "stack.py", "## Whole stack: plain Django, perfkit, perfkit with its caches"
     )
+    sections += [
+        "How to read these: `.cache()` removes the database work (the queries per request "
+        "drop to 0), not the rendering. On the article list, rendering the template is about "
+        "two thirds of a cached request's CPU time (in-process cProfile of `/articles/`), so "
+        "serving every query from Redis cannot make that page 3× faster: a page whose cost "
+        "is mostly its queries (the JSON API) gains more, and the login burst shows what a "
+        "rate limit sheds before the password hasher runs.",
+        "",
+    ]
     sections += section(faults_bench, "faults.py", "## Faults under load")
     sections += section(
         scaleout_bench, "scaleout.py", "## Scale-out: two app servers, one Redis or a Cluster"
