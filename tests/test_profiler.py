@@ -358,6 +358,35 @@ def test_an_async_view_under_wsgi_shows_its_own_frames(settings: Any, staff: Use
     assert data["meta"]["duration_ms"] < data["session"]["duration"] * 1000
 
 
+@pytest.mark.urls(__name__)
+def test_an_async_view_under_wsgi_is_profiled_after_an_earlier_async_view(
+    settings: Any, staff: User
+) -> None:
+    # asgiref leaves the finished loop of an earlier async_to_sync in the
+    # thread-local of the thread that ran its sync_to_async code (here, and in a
+    # WSGI worker, the request thread): a closed loop is not the server's loop.
+    import asyncio
+    import os
+
+    from asgiref.sync import SyncToAsync
+
+    profiler(settings)
+    stale = asyncio.new_event_loop()
+    stale.close()
+    local = SyncToAsync.threadlocal
+    saved = {
+        name: getattr(local, name, None) for name in ("main_event_loop", "main_event_loop_pid")
+    }
+    local.main_event_loop, local.main_event_loop_pid = stale, os.getpid()
+    try:
+        response = Client().get("/busy/async/", HTTP_X_PERFKIT_PROFILE=make_token(staff, 60))
+    finally:
+        for name, value in saved.items():
+            setattr(local, name, value)
+    text = stored_functions(response["X-Perfkit-Profile-Id"])
+    assert "marker_function_for_the_profile\\u0000" in text
+
+
 def test_an_async_view_under_wsgi_is_profiled_through_a_session_too(
     settings: Any, staff: User
 ) -> None:

@@ -153,9 +153,12 @@ class ProfileRun:
             from asgiref.sync import AsyncSingleThreadContext, SyncToAsync, async_to_sync
         except ImportError:  # asgiref < 3.10: the profile shows the wait, not the view
             return False
-        if getattr(SyncToAsync.threadlocal, "main_event_loop", None) is not None:
+        loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+        if loop is not None and loop.is_running():
             # A sync middleware chain under ASGI: the view runs on the server's
             # own loop, shared with other requests; it is not this thread's.
+            # (A loop that is not running is a stale one: asgiref leaves it in
+            # the thread-local of a thread that ran sync_to_async code.)
             return False
 
         async def start() -> None:
