@@ -120,9 +120,11 @@ function done(summary, latency, requests)
 end
 """
 
+#: A wrong password for a user that does not exist (Django still runs the hasher).
+LOGIN_FIELDS = "username=bench-guess&password=wrong"
 POST = """
 wrk.method = "POST"
-wrk.body = "csrfmiddlewaretoken=%(token)s&username=bench-guess&password=wrong"
+wrk.body = "csrfmiddlewaretoken=%(token)s&%(fields)s"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 wrk.headers["Cookie"] = "csrftoken=%(cookie)s"
 """
@@ -158,17 +160,22 @@ def drain(port: int) -> None:
         get(port, "/healthz")
 
 
-def queries_per_request(pg: PrivatePostgres, port: int, path: str, body: str | None) -> float:
-    """Statements PostgreSQL ran per request, over ``QUERY_SAMPLE`` requests one at a time."""
+def queries_per_request(
+    pg: PrivatePostgres, port: int, path: str, post: tuple[str, str] | None
+) -> float:
+    """Statements PostgreSQL ran per request, over ``QUERY_SAMPLE`` requests one at a time.
+
+    ``post``: (cookie header, form body) to ``POST`` instead of ``GET``.
+    """
     before = statements(pg)
     for _ in range(QUERY_SAMPLE):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        if body is None:
+        if post is None:
             conn.request("GET", path)
         else:
-            cookie, data = body.split("\n", 1)
+            cookie, body = post
             headers = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie}
-            conn.request("POST", path, data, headers)
+            conn.request("POST", path, body, headers)
         conn.getresponse().read()
         conn.close()
     # Less the first read of pg_stat_statements (counted once it had run).
@@ -255,11 +262,15 @@ def run() -> dict[str, Any]:
                 cookie, token = forms[config]
                 for route in ROUTES:
                     login = "login" in route
-                    post = POST % {"token": token, "cookie": cookie} if login else ""
-                    scripts[route].write_text(WRK_SCRIPT % {"post": post})
-                    form = f"csrftoken={cookie}\ncsrfmiddlewaretoken={token}" if login else None
-                    if form is not None:
-                        form += "&username=bench-guess&password=wrong"
+                    lua = POST % {"token": token, "cookie": cookie, "fields": LOGIN_FIELDS}
+                    if not login:
+                        lua = ""
+                    scripts[route].write_text(WRK_SCRIPT % {"post": lua})
+                    form = (
+                        (f"csrftoken={cookie}", f"csrfmiddlewaretoken={token}&{LOGIN_FIELDS}")
+                        if login
+                        else None
+                    )
                     wrk(server.port, paths[route], scripts[route], WARMUP_S)
                     drain(server.port)
                     if r == 0:  # the same in every round: counted once, warm, one at a time
