@@ -153,10 +153,10 @@ class PerfkitMiddleware:
             _start_staff_profile(request, "disabled")
         if limited is None:
             _maybe_sample(request, "disabled")
-            if iscoroutinefunction(view_func):
-                run = _running_profile(request)
-                if run is not None and run.start_loop_thread():
-                    request._perfkit_loop_profile = run  # type: ignore[attr-defined]
+            # Only a profiled request pays for the view's mode check.
+            run = _running_profile(request)
+            if run is not None and iscoroutinefunction(view_func) and run.start_loop_thread():
+                request._perfkit_loop_profile = run  # type: ignore[attr-defined]
         _mark_view_start(request)
         return limited
 
