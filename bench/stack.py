@@ -12,7 +12,8 @@ private Redis, driven by ``wrk -c16``. Configurations
 * ``perfkit``: everything on but caching: the middleware with its production
   defaults, the demo's rate limits, ``CACHE["ENABLED"] = False``.
 * ``perfkit-cache``: the demo as shipped: ``.cache()`` and cache on write serve
-  the hot views from Redis.
+  the hot views from Redis; on the article list, the rendered rows are a
+  ``{% cached_as %}`` fragment under the same version tokens.
 
 Routes: the article list (``/articles/``, count, page, tags and comment
 counts), an article's page (``/articles/<slug>/``: the article with its
@@ -375,7 +376,7 @@ def _targets(runs: dict[str, Any]) -> list[str]:
     lines = ["Targets, article list:", ""]
     for label, value, target in (
         ("perfkit's instrumentation alone", instrumented, TARGET_INSTRUMENTED),
-        ("perfkit with `.cache()` on the hot views", cached, TARGET_CACHED),
+        ("perfkit with its caches on the hot views", cached, TARGET_CACHED),
     ):
         if value is None:
             lines.append(f"- {label}: not measured.")

@@ -8,8 +8,9 @@
 * ``perfkit``: everything on but caching: the middleware (query guard in its
   production ``log`` mode, Server-Timing, fleet stats, slow-request log), the
   demo's rate limits, and ``PERFKIT["CACHE"]["ENABLED"] = False``.
-* ``perfkit-cache``: the demo as shipped: the same, with ``.cache()`` and cache
-  on write serving the hot views from Redis.
+* ``perfkit-cache``: the demo as shipped: the same, with ``.cache()``, cache
+  on write and, on the article list, a ``{% cached_as %}`` fragment of the
+  rendered rows, serving the hot views from Redis.
 
 The demo's limits on the JSON API and search are lifted to a rate the load
 never reaches (every request is still checked); the login keeps its own (20

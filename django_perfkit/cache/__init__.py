@@ -1,11 +1,13 @@
-"""Redis caches invalidated by version tokens: queryset ``.cache()`` and ``@cached_on_write``.
+"""Redis caches invalidated by version tokens: ``.cache()``, ``@cached_on_write``, fragments.
 
 ``Article.objects.filter(category=c).select_related("author").cache()`` serves
 the result from Redis until a write changes what it read (computed on read,
 :mod:`django_perfkit.cache.queryset`). A ``@cached_on_write`` function is
 recomputed by the writes that change its data, so reads never compute
-(:mod:`django_perfkit.cache.onwrite`). :mod:`django_perfkit.versions` is how
-writes are seen, for both.
+(:mod:`django_perfkit.cache.onwrite`). A rendered template fragment can be
+cached under the tokens of the querysets it shows
+(:mod:`django_perfkit.cache.fragments`, ``{% cached_as %}``).
+:mod:`django_perfkit.versions` is how writes are seen, for all three.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.db import models
 
+from django_perfkit.cache.fragments import cached_fragment
 from django_perfkit.cache.onwrite import OnWriteFunction, cached_on_write, flush_deferred
 from django_perfkit.cache.queryset import CachedManager, CachedQuerySet, CachedQuerySetMixin
 from django_perfkit.versions.tokens import abump, bump, tokens_for
@@ -26,6 +29,7 @@ __all__ = [
     "OnWriteFunction",
     "ainvalidate",
     "ainvalidate_all",
+    "cached_fragment",
     "cached_on_write",
     "flush_deferred",
     "invalidate",

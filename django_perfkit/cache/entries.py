@@ -198,6 +198,9 @@ class Lookup:
     #: Compute and store whatever is stored and whoever holds the lock (cache on
     #: write's recompute after a write: a holder may have computed before it).
     force: bool = False
+    #: What to call the entry in a warning when its computation read more than
+    #: its plan covers (a fragment's body); empty: not worth a warning.
+    label: str = ""
 
 
 def count_lookup(
@@ -283,11 +286,16 @@ _Step = tuple[Any, ...]
 
 def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
     started = time.perf_counter()
+    # Another entry being computed around this one (a fragment's body evaluating
+    # a cached queryset): what this one reads, it reads too, hit or miss.
+    outer = reading.get()
     raw = None if lookup.force else (yield ("script", READ, [lookup.entry], []))
     cached: Any = MISSING
     if raw is not None:
         cached, refresh = decode(raw, lookup.settings.early_refresh_beta)
         if cached is not MISSING and not refresh:
+            if outer is not None:
+                _read_by(outer, (yield ("plan",)))
             count_lookup(True, time.perf_counter() - started)
             return cached
     plan = (yield ("plan",)) if lookup.store else None
@@ -299,6 +307,8 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
     keys = [lookup.lock, lookup.entry, *plan.static]
     mode = "refresh" if cached is not MISSING or lookup.force else ""
     reply = yield ("script", CAPTURE, keys, [owner, lock_ms, mode])
+    if outer is not None:
+        _read_by(outer, plan)  # whichever way the value comes from here on
     if reply is None:  # Redis is not answering: the database it is
         count_lookup(False, time.perf_counter() - started, recompute=lookup.force)
         return cached if cached is not MISSING else (yield ("compute",))
@@ -347,7 +357,12 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
         reading.reset(token)
     compute_seconds = time.perf_counter() - computed_at
     store_started = time.perf_counter()
-    body = encode(value, lookup, compute_seconds) if storable(plan, read_tables) else None
+    if outer is not None:
+        outer |= read_tables
+    covered = storable(plan, read_tables)
+    if not covered and lookup.label:
+        _not_covered(lookup.label, read_tables - plan.tables)
+    body = encode(value, lookup, compute_seconds) if covered else None
     if body is None:
         if owner:
             yield ("script", RELEASE, [lookup.lock], [owner])
@@ -363,6 +378,37 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
     seconds = cache_seconds + time.perf_counter() - store_started
     count_lookup(False, seconds, skipped=not stored, recompute=lookup.force)
     return value
+
+
+def _read_by(outer: set[str], plan: Plan | None) -> None:
+    # A value whose reads cannot be known makes the enclosing one unstorable.
+    if plan is None:
+        outer.add("*")
+    else:
+        outer |= plan.tables
+
+
+#: (label, reason) pairs already logged: once per process, not once per render.
+_warned: set[tuple[str, str]] = set()
+
+
+def warn_once(label: str, reason: str) -> None:
+    """Log that the entry called ``label`` is not stored, and why (once per process)."""
+    if (label, reason) in _warned:
+        return
+    _warned.add((label, reason))
+    logger.warning("perfkit: %s is not stored: %s", label, reason)
+
+
+def _not_covered(label: str, tables: set[str]) -> None:
+    if "*" in tables:
+        warn_once(label, "it wrote to the database, or read something whose tables cannot be known")
+    else:
+        warn_once(
+            label,
+            f"it read {', '.join(sorted(tables))}, which its querysets do not cover; "
+            f"add a queryset of {'it' if len(tables) == 1 else 'each'} to them",
+        )
 
 
 def _plan(lookup: Lookup) -> Plan | None:

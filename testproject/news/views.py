@@ -21,6 +21,7 @@ from django.core.paginator import Paginator
 from django.db.models import Count, F, Prefetch, Q
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, render
+from django.utils.functional import SimpleLazyObject
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST, require_safe
 
@@ -83,15 +84,27 @@ def home(request: HttpRequest) -> HttpResponse:
 def article_list(request: HttpRequest) -> HttpResponse:
     """Paginated article list: three queries (count, rows, tags) whatever the page size.
 
-    Cached: the count and each page are entries of their own.
+    Cached: the count and each page are entries of their own, and the rendered
+    rows are a fragment (``{% cached_as %}`` in the template) that depends on
+    the page's rows and on the comments. The rows reach the template
+    unevaluated: the fragment's body reads them, so a hit reads neither the
+    rows nor their comment counts, and a miss reads them after the fragment
+    has captured its version tokens.
     """
     listing = Article.objects.published().newest_first().for_listing().cache()
     paginator = Paginator(listing, PAGE_SIZE)
     page = paginator.get_page(request.GET.get("page"))
+    rows = page.object_list
     return render(
         request,
         "news/article_list.html",
-        {"page_obj": page, "articles": with_comment_counts(page.object_list), "naive": False},
+        {
+            "page_obj": page,
+            "rows": rows,
+            "articles": SimpleLazyObject(lambda: with_comment_counts(rows)),
+            "comments": Comment.objects.all(),
+            "naive": False,
+        },
     )
 
 

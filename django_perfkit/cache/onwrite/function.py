@@ -375,6 +375,13 @@ class OnWriteFunction(Generic[P, R]):
             "it" if len(new) == 1 else "them",
         )
 
+    def _read_by_outer(self) -> None:
+        # Read inside another entry's computation (a cached fragment's body):
+        # that entry depends on what this function reads, hit or miss.
+        seen = reading.get()
+        if seen is not None:
+            seen |= self.tables | self.learned
+
     # -- reads ------------------------------------------------------------------------
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -414,6 +421,7 @@ class OnWriteFunction(Generic[P, R]):
         return entries.MISSING if refresh else value
 
     def _read(self, named: dict[str, Any], text: str) -> Any:
+        self._read_by_outer()
         store = self._usable()
         if store is None or not ready_for_reads(self.using):
             return self.func(**named)  # type: ignore[call-arg]
@@ -427,6 +435,7 @@ class OnWriteFunction(Generic[P, R]):
         return entries.get(lookup, functools.partial(self._compute, named))
 
     async def _aread(self, named: dict[str, Any], text: str) -> Any:
+        self._read_by_outer()
         store = self._usable()
         compute = sync_to_async(functools.partial(self._compute, named))
         if store is None or not await aready_for_reads(self.using):
@@ -453,6 +462,7 @@ class OnWriteFunction(Generic[P, R]):
         one per row); the values are stored as if computed one by one.
         """
         keyed = [self.key((), call) for call in calls]
+        self._read_by_outer()
         values = self._read_many(keyed)
         if values is None:
             if compute_many is not None:
@@ -479,6 +489,7 @@ class OnWriteFunction(Generic[P, R]):
     ) -> list[R]:
         """The async form of :meth:`get_many` (``compute_many`` runs in a thread)."""
         keyed = [self.key((), call) for call in calls]
+        self._read_by_outer()
         values = await self._aread_many(keyed)
         if values is None:
             if compute_many is not None:

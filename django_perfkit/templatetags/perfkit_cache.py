@@ -1,0 +1,135 @@
+"""``{% cached_as %}``: a template fragment cached until the querysets it shows change.
+
+::
+
+    {% load perfkit_cache %}
+    {% cached_as "article-rows" page_obj.object_list timeout=600 vary=request.LANGUAGE_CODE %}
+      {% for article in page_obj.object_list %}...{% endfor %}
+    {% endcached_as %}
+
+The first argument names the fragment; the others are the querysets it shows,
+unevaluated: the body iterates them. ``timeout`` (seconds) and ``vary`` (a
+value the text also depends on: the user, the language) are optional. See
+:mod:`django_perfkit.cache.fragments` and docs/cache.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from django import template
+from django.db import models
+from django.template.base import FilterExpression, Node, NodeList, Parser, Token
+from django.template.context import Context
+
+register = template.Library()
+
+_OPTIONS = ("timeout", "vary")
+
+
+def _source(nodelist: NodeList) -> str:
+    """A hash of the body's own template text (not of the templates it includes)."""
+    digest = hashlib.blake2b(digest_size=8)
+    stack: list[Any] = list(reversed(nodelist))
+    while stack:
+        node = stack.pop()
+        token = getattr(node, "token", None)
+        text = token.contents if token is not None else type(node).__name__
+        digest.update(b"\x00" + text.encode())
+        for attribute in getattr(node, "child_nodelists", ()):
+            stack.extend(reversed(getattr(node, attribute, None) or ()))
+    return digest.hexdigest()
+
+
+class CachedAsNode(Node):
+    child_nodelists = ("nodelist",)
+
+    def __init__(
+        self,
+        nodelist: NodeList,
+        name: FilterExpression,
+        samples: list[FilterExpression],
+        options: dict[str, FilterExpression],
+    ) -> None:
+        self.nodelist = nodelist
+        self.name = name
+        self.samples = samples
+        self.options = options
+        self.source = _source(nodelist)
+
+    def render(self, context: Context) -> str:
+        from django_perfkit.cache.fragments import cached_fragment
+
+        name = self.name.resolve(context)
+        if not isinstance(name, str) or not name:
+            raise template.TemplateSyntaxError(
+                f"{{% cached_as %}}: the fragment's name {self.name.token!r} is {name!r}; "
+                "give a non-empty string"
+            )
+        samples = []
+        for expression in self.samples:
+            sample = expression.resolve(context)
+            if not isinstance(sample, models.QuerySet):
+                raise template.TemplateSyntaxError(
+                    f"{{% cached_as {name!r} %}}: {expression.token!r} is {sample!r}, not a "
+                    "QuerySet; pass the queryset the fragment shows, unevaluated"
+                )
+            samples.append(sample)
+        timeout = None
+        if "timeout" in self.options:
+            raw = self.options["timeout"].resolve(context)
+            try:
+                timeout = float(raw) if raw is not None else None
+            except (TypeError, ValueError):
+                timeout = -1.0
+            if timeout is not None and timeout <= 0:
+                raise template.TemplateSyntaxError(
+                    f"{{% cached_as {name!r} %}}: timeout={raw!r}; give a number of seconds > 0"
+                )
+        vary = self.options["vary"].resolve(context) if "vary" in self.options else None
+        return cached_fragment(
+            name,
+            samples,
+            lambda: self.nodelist.render(context),
+            timeout=timeout,
+            vary=vary,
+            source=self.source,
+        )
+
+
+@register.tag("cached_as")
+def do_cached_as(parser: Parser, token: Token) -> CachedAsNode:
+    """``{% cached_as "name" queryset [queryset ...] [timeout=N] [vary=value] %}``."""
+    bits = token.split_contents()
+    tag = bits.pop(0)
+    samples: list[FilterExpression] = []
+    options: dict[str, FilterExpression] = {}
+    positional: list[str] = []
+    for bit in bits:
+        key, sep, value = bit.partition("=")
+        if sep and key.isidentifier():
+            if key not in _OPTIONS:
+                raise template.TemplateSyntaxError(
+                    f"{{% {tag} %}}: unknown option {key!r}; the options are timeout= and vary="
+                )
+            if key in options:
+                raise template.TemplateSyntaxError(f"{{% {tag} %}}: {key}= given twice")
+            options[key] = parser.compile_filter(value)
+        elif options:
+            raise template.TemplateSyntaxError(
+                f"{{% {tag} %}}: {bit!r} after an option; put the querysets before "
+                "timeout= and vary="
+            )
+        else:
+            positional.append(bit)
+    if len(positional) < 2:
+        raise template.TemplateSyntaxError(
+            f'{{% {tag} "name" queryset [queryset ...] [timeout=N] [vary=value] %}}: give the '
+            "fragment's name and at least one queryset it shows"
+        )
+    name = parser.compile_filter(positional[0])
+    samples = [parser.compile_filter(bit) for bit in positional[1:]]
+    nodelist = parser.parse((f"end{tag}",))
+    parser.delete_first_token()
+    return CachedAsNode(nodelist, name, samples, options)
