@@ -531,6 +531,15 @@ def get_settings() -> PerfkitSettings:
             continue
         values[name.lower()] = _coerce(name, raw.get(name, default), default)
     values["redis_alias_explicit"] = "REDIS_CACHE_ALIAS" in raw
+    # django-ratelimit's own switch, honoured so that test settings with
+    # RATELIMIT_ENABLE = False keep working after switching the import. Read
+    # here, once: a missing attribute costs LazySettings an exception, which
+    # was most of a check's Python time when read per request.
+    from django.conf import settings
+
+    values["ratelimit_enable"] = values["ratelimit_enable"] and bool(
+        getattr(settings, "RATELIMIT_ENABLE", True)
+    )
     assert {f.name for f in fields(PerfkitSettings)} == set(values)
     return PerfkitSettings(**values)
 
@@ -541,7 +550,12 @@ def reset(**kwargs: Any) -> None:
     Connected to ``setting_changed``; called with no arguments it resets all.
     """
     setting = kwargs.get("setting")
-    if setting is not None and setting not in ("PERFKIT", "CACHES", "INTERNAL_IPS"):
+    if setting is not None and setting not in (
+        "PERFKIT",
+        "CACHES",
+        "INTERNAL_IPS",
+        "RATELIMIT_ENABLE",
+    ):
         return
     get_settings.cache_clear()
     # Objects built from the settings (the Redis gateway) are rebuilt lazily.

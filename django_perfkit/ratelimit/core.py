@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from django.conf import settings as django_settings
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 from django_ratelimit import ALL, UNSAFE
@@ -70,12 +69,6 @@ def _methods(method: Any) -> tuple[str, ...] | None:
 
 def _qualname(func: Any) -> str:
     return f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}"
-
-
-def _django_ratelimit_enabled() -> bool:
-    # django-ratelimit's own switch, honoured so test settings that set
-    # RATELIMIT_ENABLE = False keep working after switching the import.
-    return bool(getattr(django_settings, "RATELIMIT_ENABLE", True))
 
 
 @functools.lru_cache(maxsize=8192)
@@ -172,7 +165,7 @@ class Limit:
     ) -> tuple[Any, list[str], list[Any], int, int, str, str] | None:
         """What to send to Redis, or None when this limit does not apply."""
         settings = get_settings()
-        if not settings.ratelimit_enable or not _django_ratelimit_enabled():
+        if not settings.ratelimit_enable:  # PERFKIT's or django-ratelimit's switch
             return None
         if self.methods is not None and request.method not in self.methods:
             return None
@@ -210,7 +203,7 @@ class Limit:
                 group=self.group, algorithm=algorithm, failed=True,
             )  # fmt: skip
         else:
-            allowed, used, remaining, retry_ms, reset_ms = (int(x) for x in fields)
+            allowed, used, remaining, retry_ms, reset_ms = map(int, fields)
             reset = -(-reset_ms // 1000)
             usage = Usage(
                 count=used, limit=count, should_limit=not allowed,

@@ -99,6 +99,8 @@ class RedisGateway:
         The ``{...}`` hash tag decides the Redis Cluster slot: keys that one
         script or transaction touches together must share ``feature`` and ``tag``.
         """
+        if not parts:  # the common case (a rate-limit key): no generator to run
+            return f"{self.prefix}:{{{feature}:{tag}}}"
         rest = "".join(f":{p}" for p in parts)
         return f"{self.prefix}:{{{feature}:{tag}}}{rest}"
 
