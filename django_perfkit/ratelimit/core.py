@@ -191,11 +191,10 @@ class Limit:
         return SCRIPTS[algorithm], keys, args, count, period, algorithm, value
 
     def _usage(self, reply: Any, count: int, period: int, algorithm: str) -> Usage:
-        fail = self.fail or get_settings().ratelimit_fail
         # bytes, or str from a client configured with decode_responses=True
         fields = reply.split() if isinstance(reply, (bytes, str)) else ()
         if len(fields) != 5:
-            closed = fail == "closed"
+            closed = (self.fail or get_settings().ratelimit_fail) == "closed"
             retry = max(1, int(get_gateway().breaker.cooldown)) if closed else 0
             usage = Usage(
                 count=0, limit=count, should_limit=closed, time_left=retry,
