@@ -22,6 +22,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.functional import empty
 from model_bakery import baker
 
 from django_perfkit.cache import flush_deferred
@@ -213,6 +214,30 @@ def test_a_new_comment_updates_the_list_count_without_invalidating_the_cached_pa
     assert not [q for q in ctx.captured_queries if "COUNT" in q["sql"]]
     assert home.context["most_discussed"][0]["slug"] == articles[1].slug
     assert home.context["most_discussed"][0]["comments"] == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_list_rows_are_a_cached_fragment_redrawn_only_for_their_own_comments(
+    client: Client, make_articles: MakeArticles
+) -> None:
+    older = make_articles(3)  # page 2
+    newer = make_articles(PAGE_SIZE)  # page 1
+    client.get("/articles/")
+    client.get("/articles/?page=2")
+    # A hit: the fragment's body did not run, so the rows were never read.
+    assert client.get("/articles/").context["articles"]._wrapped is empty
+    client.post(f"/articles/{older[0].slug}/comment/", {"author_name": "Ada", "body": "hi"})
+    # Page 1 shows none of that article's counts: still the stored fragment.
+    page1 = client.get("/articles/")
+    assert page1.context["articles"]._wrapped is empty
+    page2 = client.get("/articles/?page=2")
+    assert page2.context["articles"]._wrapped is not empty  # redrawn
+    assert b"3 comments" in page2.content
+    client.post(f"/articles/{newer[5].slug}/comment/", {"author_name": "Ada", "body": "hi"})
+    page1 = client.get("/articles/")
+    counts = {a.pk: a.comment_count for a in page1.context["articles"]}
+    assert counts[newer[5].pk] == 3
+    assert page1.content.count(b"3 comments") == 1
 
 
 @pytest.mark.django_db

@@ -9,21 +9,29 @@ from typing import Any
 import pytest
 import redis
 from django.conf import settings
+from django.core.paginator import Paginator
 from django.db import connections, transaction
 from django.template import Context, Engine, TemplateSyntaxError
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
+from django.utils import translation
 from model_bakery import baker
 
 from django_perfkit.cache import fragments
+from django_perfkit.cache.onwrite import registry
 from django_perfkit.record import record_request
 from testproject.news.models import Article, Author, Category, Comment, Tag
-from testproject.news.stats import comment_count
+from testproject.news.stats import comment_count, with_comment_counts
 from tests.settings import KEY_PREFIX
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ENGINE = Engine(libraries={"perfkit_cache": "django_perfkit.templatetags.perfkit_cache"})
+ENGINE = Engine(
+    libraries={
+        "perfkit_cache": "django_perfkit.templatetags.perfkit_cache",
+        "i18n": "django.templatetags.i18n",
+    }
+)
 
 
 @pytest.fixture
@@ -196,46 +204,140 @@ def test_a_body_that_reads_an_uncovered_table_is_not_stored(
     assert len(fragment_keys()) == 1
 
 
-def test_a_cached_read_inside_the_body_counts_as_a_read(world: dict[str, Any]) -> None:
-    # A hit reads no SQL, but the fragment still depends on what it serves.
-    tags = Tag.objects.all().cache()
-    list(tags)  # stored
+def test_a_cached_read_inside_the_body_is_depended_on(world: dict[str, Any]) -> None:
+    # A hit runs no SQL: the fragment depends on the tokens the hit was valid
+    # under, whatever its own querysets are.
+    list(Tag.objects.all().cache())  # stored
 
-    def show(*extra: Any) -> str:
+    def show() -> str:
         rows = news_rows(world)
 
         def body() -> str:
             return f"{len(list(rows))} rows, {len(list(Tag.objects.all().cache()))} tags"
 
-        return fragments.cached_fragment("nested", [rows, *extra], body)
+        return fragments.cached_fragment("nested", [rows], body)
 
-    show()
-    assert fragment_keys() == []
-    assert show(Tag.objects.all()) == "3 rows, 0 tags"
+    assert show() == "3 rows, 0 tags"
     assert len(fragment_keys()) == 1
     baker.make(Tag)
-    assert show(Tag.objects.all()) == "3 rows, 1 tags"
+    assert show() == "3 rows, 1 tags"
 
 
-def test_an_on_write_value_inside_the_body_counts_as_a_read(world: dict[str, Any]) -> None:
-    article = world["articles"][0]
+def test_an_on_write_value_inside_the_body_is_depended_on(world: dict[str, Any]) -> None:
+    article, other = world["articles"][0], world["articles"][1]
     comment_count(article_id=article.pk)  # stored
+    calls = []
 
-    def show(*extra: Any) -> str:
-        rows = news_rows(world)
+    def show() -> str:
+        rows = Article.objects.filter(pk=article.pk)
+
+        def body() -> str:
+            calls.append(1)
+            list(rows)
+            return str(comment_count(article_id=article.pk))
+
+        return fragments.cached_fragment("counts", [rows], body)
+
+    assert show() == "0"
+    baker.make(Comment, article=other)  # another article's count: not this fragment's
+    assert show() == "0"
+    assert len(calls) == 1
+    baker.make(Comment, article=article)
+    assert show() == "1"
+
+
+def test_a_value_read_between_a_write_and_its_on_write_refresh_is_not_kept(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A comment's INSERT moves the table's tokens at once; its on-write value
+    # is refreshed a moment later. A fragment rendered in between reads the old
+    # count: it must stop matching when the refresh lands, not stay stale.
+    article = world["articles"][0]
+    comment_count(article_id=article.pk)
+
+    def show() -> str:
+        rows = Article.objects.filter(pk=article.pk)
 
         def body() -> str:
             list(rows)
             return str(comment_count(article_id=article.pk))
 
-        return fragments.cached_fragment("counts", [rows, *extra], body)
+        return fragments.cached_fragment("race", [rows, Comment.objects.all()], body)
 
-    show()
-    assert fragment_keys() == []
-    assert show(Comment.objects.all()) == "0"
-    assert len(fragment_keys()) == 1
+    assert show() == "0"
+    original = registry.refresh
+    seen = []
+
+    def refresh(items: Any) -> Any:
+        seen.append(show())  # a concurrent request, inside the window
+        return original(items)
+
+    monkeypatch.setattr(registry, "refresh", refresh)
     baker.make(Comment, article=article)
-    assert show(Comment.objects.all()) == "1"
+    monkeypatch.setattr(registry, "refresh", original)
+    assert seen == ["0"]
+    assert show() == "1"
+
+
+def test_other_rows_of_a_sample_table_read_by_sql_are_depended_on(
+    world: dict[str, Any],
+) -> None:
+    # The sample is filtered on a foreign key; the body also shows other rows
+    # of the same table. Every write to the table must reach the fragment.
+    def show() -> str:
+        rows = Article.objects.filter(category=world["news"]).order_by("pk")
+        sport = Article.objects.filter(category=world["sport"]).order_by("pk")
+
+        def body() -> str:
+            return "|".join(a.title for a in rows) + " / " + "|".join(a.title for a in sport)
+
+        return fragments.cached_fragment("fk", [rows], body)
+
+    assert show() == "n0|n1|n2 / s0"
+    assert len(fragment_keys()) == 1
+    baker.make(Article, category=world["sport"], author=world["author"], title="s1")
+    assert show() == "n0|n1|n2 / s0|s1"
+
+
+def test_other_rows_read_through_cache_are_depended_on(world: dict[str, Any]) -> None:
+    article = world["articles"][0]
+    sport = Article.objects.filter(category=world["sport"])
+    list(sport.cache())
+
+    def show() -> str:
+        one = Article.objects.filter(pk=article.pk)
+
+        def body() -> str:
+            titles = "|".join(a.title for a in sport.cache())
+            return "|".join(a.title for a in one) + " / " + titles
+
+        return fragments.cached_fragment("pk", [one], body)
+
+    assert show() == "n0 / s0"
+    assert len(fragment_keys()) == 1
+    other = Article.objects.get(category=world["sport"])
+    other.title = "changed"
+    other.save()
+    assert show() == "n0 / changed"
+
+
+def test_values_computed_by_get_many_inside_the_body_are_depended_on(
+    world: dict[str, Any],
+) -> None:
+    articles = world["articles"]
+
+    def show() -> str:
+        rows = news_rows(world)
+
+        def body() -> str:
+            return ",".join(str(a.comment_count) for a in with_comment_counts(rows))
+
+        return fragments.cached_fragment("many", [rows], body)
+
+    assert show() == "0,0,0"  # the counts computed in one query, inside the body
+    assert len(fragment_keys()) == 1
+    baker.make(Comment, article=articles[2])
+    assert show() == "0,0,1"
 
 
 def test_inside_a_transaction_that_wrote_it_renders_without_reading(
@@ -349,11 +451,46 @@ def test_tag_syntax_errors_at_parse_time(source: str, message: str) -> None:
         ("{% cached_as missing rows %}{% endcached_as %}", "non-empty string"),
     ],
 )
-def test_tag_value_errors_at_render_time(world: dict[str, Any], source: str, message: str) -> None:
+def test_tag_value_errors_at_render_time_raise_under_debug(
+    world: dict[str, Any], source: str, message: str
+) -> None:
     template = ENGINE.from_string("{% load perfkit_cache %}" + source)
     context = Context({"rows": news_rows(world), "titles": ["a"]})
-    with pytest.raises(TemplateSyntaxError, match=message):
+    with override_settings(DEBUG=True), pytest.raises(TemplateSyntaxError, match=message):
         template.render(context)
+
+
+def test_a_list_given_at_render_time_is_rendered_uncached_in_production(
+    world: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Page.__getitem__ turns page.object_list into a list: iterating the page
+    # before the fragment makes its "queryset" a list. A page, not a 500.
+    page = Paginator(news_rows(world), 2).get_page(1)
+    source = (
+        "{% load perfkit_cache %}{% for a in page_obj %}{% endfor %}"
+        '{% cached_as "p" page_obj.object_list %}{{ page_obj.object_list|length }}'
+        "{% endcached_as %}"
+    )
+    template = ENGINE.from_string(source)
+    with override_settings(DEBUG=False), caplog.at_level(logging.WARNING):
+        assert template.render(Context({"page_obj": page})) == "2"
+    assert "not a QuerySet" in caplog.text
+    assert fragment_keys() == []
+    with override_settings(DEBUG=True), pytest.raises(TemplateSyntaxError, match="QuerySet"):
+        template.render(Context({"page_obj": page}))
+
+
+def test_each_language_has_its_own_entry(world: dict[str, Any]) -> None:
+    template = ENGINE.from_string(
+        '{% load perfkit_cache i18n %}{% cached_as "l" rows %}'
+        "{% get_current_language as lang %}{{ lang }}{% endcached_as %}"
+    )
+    with override_settings(USE_I18N=True):
+        with translation.override("en"):
+            assert template.render(Context({"rows": news_rows(world)})) == "en"
+        with translation.override("fr"):
+            assert template.render(Context({"rows": news_rows(world)})) == "fr"
+    assert len(fragment_keys()) == 2
 
 
 def test_tag_with_redis_down_renders_the_body(world: dict[str, Any]) -> None:

@@ -366,8 +366,13 @@ class Plan:
     unique_fine: bool = False
     pk_column: str = ""
 
-    def flags(self, result_kind: str, rows: Any) -> tuple[str, list[str]]:
-        """Which static keys the entry depends on ("1"/"0" per key), and its row tokens."""
+    def flags(
+        self, result_kind: str, rows: Any, read: set[str] | None = None
+    ) -> tuple[str, list[str]]:
+        """Which static keys the entry depends on ("1"/"0" per key), and its row tokens.
+
+        ``read``: the tables its computation read by SQL (used by fragments).
+        """
         row_keys: list[str] = []
         scan_needed = True
         if result_kind == "get":  # one instance, from get()

@@ -38,6 +38,7 @@ import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Generator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +55,8 @@ from django_perfkit.versions.writes import reading
 
 logger = logging.getLogger("django_perfkit.cache")
 
-#: Lua: the payload of the entry stored at ``key`` if all its tokens still match, else nil.
+#: Lua: the payload of the entry stored at ``key`` if all its tokens still match,
+#: else nil; then the whole stored value.
 _VALID = """
 local function valid(key)
   local v = redis.call('GET', key)
@@ -70,17 +72,22 @@ local function valid(key)
     end
     pos = e2 + 1
   end
-  return string.sub(v, pos)
+  return string.sub(v, pos), v
 end
 """
 
-#: KEYS: entry [, lock]. The entry's payload if every token matches; else, given
-#: the lock, 1 while someone holds it and 0 when nobody does.
+#: KEYS: entry [, lock]; ARGV: ["whole"]. The entry's payload if every token
+#: matches (given "whole": the stored value, header included, for an enclosing
+#: entry to depend on the same tokens); else, given the lock, 1 while someone
+#: holds it and 0 when nobody does.
 READ = LuaScript(
     _VALID
     + """
-local payload = valid(KEYS[1])
-if payload then return payload end
+local payload, whole = valid(KEYS[1])
+if payload then
+  if ARGV[1] == 'whole' then return whole end
+  return payload
+end
 if KEYS[2] then return redis.call('EXISTS', KEYS[2]) end
 return false
 """,
@@ -255,13 +262,30 @@ def encode(value: Any, lookup: Lookup, compute_seconds: float) -> bytes | None:
 
 
 def store_args(
-    lookup: Lookup, plan: Plan, captured: list[Any], owner: str, value: Any, body: bytes
+    lookup: Lookup,
+    plan: Plan,
+    captured: list[Any],
+    owner: str,
+    value: Any,
+    body: bytes,
+    read_tables: set[str] | None = None,
+    inner: dict[str, Any] | None = None,
 ) -> tuple[list[str], list[Any]]:
-    flags, row_keys = plan.flags(lookup.kind, value)
+    """STORE's keys and arguments. ``inner``: tokens the value depends on through
+    entries it read (compared and recorded like the captured ones)."""
+    flags, row_keys = plan.flags(lookup.kind, value, read_tables)
     ttl_ms = max(1, int(lookup.timeout * 1000))
     token_ms = max(lookup.settings.token_ttl * 1000, 2 * ttl_ms)
-    keys = [lookup.entry, lookup.lock, *plan.static, *row_keys]
-    args: list[Any] = [len(plan.static), ttl_ms, token_ms, init_seed(), owner, body, flags]
+    static = list(plan.static)
+    if inner:
+        own = set(static)
+        extra = [(key, val) for key, val in inner.items() if key not in own and val]
+        static += [key for key, _val in extra]
+        flags += "1" * len(extra)
+        captured = [*captured, *(val for _key, val in extra)]
+        row_keys = [key for key in row_keys if key not in inner]
+    keys = [lookup.entry, lookup.lock, *static, *row_keys]
+    args: list[Any] = [len(static), ttl_ms, token_ms, init_seed(), owner, body, flags]
     args.extend(captured)
     return keys, args
 
@@ -286,47 +310,62 @@ _Step = tuple[Any, ...]
 
 def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
     started = time.perf_counter()
-    # Another entry being computed around this one (a fragment's body evaluating
-    # a cached queryset): what this one reads, it reads too, hit or miss.
-    outer = reading.get()
-    raw = None if lookup.force else (yield ("script", READ, [lookup.entry], []))
+    # Inside the computation of another entry (a fragment's body evaluating a
+    # cached queryset, a cached function reading another): that entry depends
+    # on the tokens this value is valid under, with the values they had when
+    # it was read (see ``depending``).
+    outer = depending.get()
+    whole = ["whole"] if outer is not None else []
+    raw = None if lookup.force else (yield ("script", READ, [lookup.entry], whole))
     cached: Any = MISSING
+    valid_under: list[tuple[str, bytes]] = []
     if raw is not None:
+        raw, valid_under = _split(raw, outer)
         cached, refresh = decode(raw, lookup.settings.early_refresh_beta)
         if cached is not MISSING and not refresh:
-            if outer is not None:
-                _read_by(outer, (yield ("plan",)))
+            _depend(outer, valid_under)
             count_lookup(True, time.perf_counter() - started)
             return cached
     plan = (yield ("plan",)) if lookup.store else None
     if plan is None:
+        # Computed in the enclosing context: what it reads counts as read there.
         count_lookup(False, time.perf_counter() - started, skipped=True)
         return (yield ("compute",))
     owner = secrets.token_hex(8)
     lock_ms = int(lookup.settings.lock_timeout * 1000)
     keys = [lookup.lock, lookup.entry, *plan.static]
     mode = "refresh" if cached is not MISSING or lookup.force else ""
-    reply = yield ("script", CAPTURE, keys, [owner, lock_ms, mode])
-    if outer is not None:
-        _read_by(outer, plan)  # whichever way the value comes from here on
+    # Missing tokens are created now, not at STORE: an entry read or computed
+    # inside this one's computation may create a token they share (the epoch,
+    # a table's), and this one's "did not exist" capture would then refuse it;
+    # and an enclosing entry depends on the values captured here.
+    capture_args = [owner, lock_ms, mode, init_seed(), _token_ms(lookup)]
+    reply = yield ("script", CAPTURE, keys, capture_args)
     if reply is None:  # Redis is not answering: the database it is
         count_lookup(False, time.perf_counter() - started, recompute=lookup.force)
-        return cached if cached is not MISSING else (yield ("compute",))
+        if cached is not MISSING:
+            _depend(outer, valid_under)
+            return cached
+        return (yield ("compute",))
     if reply[0] == 2:
         # Stored by another miss between our read and now (single flight's
         # last gap: that miss released its lock before we asked for it).
         value, _refresh = decode(reply[1], 0.0)
         if value is not MISSING:
+            _unknown(outer)  # its tokens are not in this reply
             count_lookup(True, time.perf_counter() - started)
             return value
         return (yield ("compute",))
     locked = reply[0] == 1
     captured = reply[1:]
+    # Captured before the value below is read or computed: valid under these.
+    captured_under = list(zip(plan.static, captured, strict=True))
     if not locked and lookup.force:
         owner = ""  # compute anyway; STORE refuses it if a later write moved a token
     elif not locked:
         if cached is not MISSING:
             # Someone else is refreshing early: the current entry is still valid.
+            _depend(outer, valid_under)
             count_lookup(True, time.perf_counter() - started)
             return cached
         deadline = time.monotonic() + lookup.settings.lock_wait
@@ -334,10 +373,12 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
         while time.monotonic() < deadline:
             yield ("sleep", delay)
             delay = min(delay * 2, _POLL_MAX)
-            raw = yield ("script", READ, [lookup.entry, lookup.lock], [])
+            raw = yield ("script", READ, [lookup.entry, lookup.lock], whole)
             if isinstance(raw, bytes):
+                raw, polled_under = _split(raw, outer)
                 value, _refresh = decode(raw, 0.0)
                 if value is not MISSING:
+                    _depend(outer, polled_under)
                     count_lookup(True, time.perf_counter() - started)
                     return value
             if raw != 1:
@@ -345,7 +386,9 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
         owner = ""
     cache_seconds = time.perf_counter() - started
     read_tables: set[str] = set()
+    inner: dict[str, Any] = {}
     token = reading.set(read_tables)
+    inner_token = depending.set(inner)
     computed_at = time.perf_counter()
     try:
         value = yield ("compute",)
@@ -355,11 +398,16 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
         raise
     finally:
         reading.reset(token)
+        depending.reset(inner_token)
     compute_seconds = time.perf_counter() - computed_at
     store_started = time.perf_counter()
-    if outer is not None:
-        outer |= read_tables
     covered = storable(plan, read_tables)
+    if outer is not None:
+        if covered:
+            _depend(outer, captured_under)
+            _depend(outer, inner.items())
+        else:
+            _unknown(outer)
     if not covered and lookup.label:
         _not_covered(lookup.label, read_tables - plan.tables)
     body = encode(value, lookup, compute_seconds) if covered else None
@@ -368,7 +416,7 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
             yield ("script", RELEASE, [lookup.lock], [owner])
         stored = False
     else:
-        keys, args = store_args(lookup, plan, captured, owner, value, body)
+        keys, args = store_args(lookup, plan, captured, owner, value, body, read_tables, inner)
         reply = yield ("script", STORE, keys, args)
         stored = bool(reply)
         if reply is None and owner:
@@ -380,12 +428,46 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
     return value
 
 
-def _read_by(outer: set[str], plan: Plan | None) -> None:
-    # A value whose reads cannot be known makes the enclosing one unstorable.
-    if plan is None:
-        outer.add("*")
-    else:
-        outer |= plan.tables
+#: The tokens an entry being computed depends on through other entries it read
+#: (token key -> the value it had when that entry was read or captured), or
+#: None outside a computation. Its STORE compares them like its own captured
+#: tokens and records them, so the entry stops matching when any of them moves.
+depending: ContextVar[dict[str, Any] | None] = ContextVar("perfkit_depending", default=None)
+
+
+def _depend(outer: dict[str, Any] | None, pairs: Any) -> None:
+    if outer is not None:
+        for key, value in pairs:
+            outer.setdefault(key, value)
+
+
+def _unknown(outer: dict[str, Any] | None) -> None:
+    if outer is not None:
+        unknown_dependency()
+
+
+def unknown_dependency() -> None:
+    """A value whose tokens are not known was read: the entry being computed
+    must not be stored (its computation counts as having read something
+    unplanned)."""
+    seen = reading.get()
+    if seen is not None:
+        seen.add("*")
+
+
+def _split(raw: Any, outer: dict[str, Any] | None) -> tuple[Any, list[tuple[str, bytes]]]:
+    """``(payload, [(token, value), ...])`` of a whole stored value (READ's "whole")."""
+    if outer is None or not isinstance(raw, bytes):
+        return raw, []
+    lines = raw.split(b"\n", 1)
+    count = int(lines[0])
+    parts = lines[1].split(b"\n", 2 * count)
+    pairs = [(parts[i].decode(), parts[i + 1]) for i in range(0, 2 * count, 2)]
+    return parts[2 * count], pairs
+
+
+def _token_ms(lookup: Lookup) -> int:
+    return max(lookup.settings.token_ttl * 1000, 2 * max(1, int(lookup.timeout * 1000)))
 
 
 #: (label, reason) pairs already logged: once per process, not once per render.

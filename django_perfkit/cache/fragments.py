@@ -1,21 +1,30 @@
-"""Rendered fragments cached under the version tokens of the querysets they show.
+"""Rendered fragments, cached until what they show changes.
 
 ``.cache()`` saves the queries of a page, not its rendering; on a list page,
 rendering twenty rows can cost more than the queries did. A fragment entry
-stores the rendered text itself and depends on the same version tokens the
-querysets it shows would depend on (``Plan`` in :mod:`.analysis`), so a write
-that would invalidate those querysets' entries invalidates the fragment too.
-It goes through the same protocol as every other entry (:mod:`.entries`): one
-round trip on a hit, single flight and early refresh on a miss.
+stores the rendered text and goes through the same protocol as every other
+entry (:mod:`.entries`): one round trip on a hit, single flight and early
+refresh on a miss, and a result refused when a write raced it.
+
+What a fragment depends on is what its body read while it rendered:
+
+* values from other entries (a ``.cache()`` queryset, a ``@cached_on_write``
+  function): their own tokens, with the values they were valid under when
+  read (``entries.depending``), as fine-grained as those entries are;
+* rows read by SQL: every write to their tables (the tables' scan tokens,
+  captured before the body ran).
+
+The querysets given to the fragment name it and say which tables its body may
+read by SQL; a read of any other table keeps the text from being stored, with
+a warning naming the table.
 
 Why the querysets must reach the fragment unevaluated: an entry is correct
-because its tokens are captured *before* the data it holds is read; a write
-that lands after the capture moves a token and the stored text stops matching
-(or is refused). Rows read before the fragment began were read before its
-capture, and a write in between would go unnoticed: such a fragment is
-rendered but not stored. What the body reads that the samples do not cover (a
-query on another table, also one answered by another cached entry) keeps the
-result from being stored too, with a warning naming the table.
+because its tokens are captured, or its inner entries read, *before* the data
+it holds is used; rows read before the fragment began were read before any of
+that, and a write in between would go unnoticed. A fragment given an
+evaluated queryset is rendered but not stored. Data that reaches the body
+some other way (a model instance the view loaded) is not seen at all: it
+must not be shown in a cached fragment (see docs/cache.md).
 
 Used through the ``{% cached_as %}`` template tag
 (:mod:`django_perfkit.templatetags.perfkit_cache`) or :func:`cached_fragment`.
@@ -27,8 +36,10 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.core.exceptions import EmptyResultSet
 from django.db import connections, models
+from django.utils import translation
 
 from django_perfkit.cache import analysis, entries
 from django_perfkit.conf import get_settings
@@ -39,54 +50,46 @@ __all__ = ["FragmentPlan", "cached_fragment", "fragment_name"]
 
 
 class FragmentPlan(analysis.Plan):
-    """The union of the samples' plans: what a fragment captures, compares and records."""
+    """What a fragment captures before its body runs: the coarse tokens of every
+    table its querysets read.
 
-    __slots__ = ("plans", "samples")
+    Recorded: the epoch and each table's ``t:`` token always; a table's scan
+    token (``s:``, moved by every write to it) when the body read the table
+    by SQL. What the body got from other entries (a ``.cache()`` hit, a cached
+    function) is recorded as those entries' own tokens, with the values they
+    were valid under (``entries.depending``), which is as fine-grained as
+    those entries are.
+    """
 
-    def __init__(
-        self, tokens: Tokens, samples: Sequence[Any], plans: Sequence[analysis.Plan]
-    ) -> None:
-        static: dict[str, None] = {}
-        tables: set[str] = set()
-        always: set[str] = set()
-        for plan in plans:
-            static.update(dict.fromkeys(plan.static))
-            tables |= plan.tables
-            always |= plan.always
-        super().__init__(tokens=tokens, base="", tables=tables, static=list(static), always=always)
-        self.samples = list(samples)
-        self.plans = list(plans)
+    __slots__ = ()
 
-    def flags(self, result_kind: str, value: Any) -> tuple[str, list[str]]:
-        """Each static key the fragment depends on ("1"/"0"), and its row tokens.
+    def __init__(self, tokens: Tokens, tables: set[str]) -> None:
+        static = [tokens.epoch]
+        always = {tokens.epoch}
+        for table in sorted(tables):
+            static += [tokens.table(table), tokens.scan(table)]
+            always.add(tokens.table(table))
+        super().__init__(tokens=tokens, base="", tables=set(tables), static=static, always=always)
 
-        Asked when the fragment is stored, after its body ran: a sample the body
-        evaluated contributes its rows' tokens (as a ``.cache()`` list would),
-        one it did not is depended on as a whole.
-        """
-        needed: set[str] = set()
-        row_keys: dict[str, None] = {}
-        for sample, plan in zip(self.samples, self.plans, strict=True):
-            rows = getattr(sample, "_result_cache", None)
-            kind = "rows" if isinstance(rows, list) else "fragment"
-            flags, keys = plan.flags(kind, rows)
-            needed.update(key for key, flag in zip(plan.static, flags, strict=True) if flag == "1")
-            row_keys.update(dict.fromkeys(keys))
-        static = set(self.static)
-        # A row token that is also a static key is recorded as the static key
-        # (captured before the body ran, so compared when stored).
-        needed.update(key for key in row_keys if key in static)
-        flags = "".join("1" if key in needed else "0" for key in self.static)
-        return flags, [key for key in row_keys if key not in static]
+    def flags(
+        self, result_kind: str, rows: Any, read: set[str] | None = None
+    ) -> tuple[str, list[str]]:
+        scans = {self.tokens.scan(table) for table in read or ()}
+        return "".join(
+            "1" if key in self.always or key in scans else "0" for key in self.static
+        ), []
 
 
-def fragment_name(name: str, samples: Sequence[Any], vary: Any, source: str = "") -> str:
-    """A hash naming the entry: the name, each sample's query, ``vary``, the body's source.
+def fragment_name(
+    name: str, samples: Sequence[Any], vary: Any, source: str = "", language: str | None = None
+) -> str:
+    """A hash naming the entry: the name, each sample's query, ``vary``, the body's
+    source and the active language.
 
     Raises ``ValueError`` when ``vary`` cannot be pickled.
     """
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{name}|{source}|".encode())
+    digest.update(f"{name}|{source}|{language}|".encode())
     for sample in samples:
         state = analysis.fingerprint(sample)
         if state is None:
@@ -139,13 +142,14 @@ def cached_fragment(
     vary: Any = None,
     source: str = "",
 ) -> str:
-    """The text ``render()`` returns, from Redis while the ``samples`` are unchanged.
+    """The text ``render()`` returns, from Redis until what ``render()`` read changes.
 
-    ``samples``: the querysets whose rows the text shows, unevaluated (the body
-    evaluates them); the entry depends on what they read. ``vary``: anything
-    else the text depends on (the user, the language), a picklable value.
-    ``timeout``: seconds (default ``PERFKIT["CACHE"]["DEFAULT_TIMEOUT"]``).
-    ``source``: the body's own text, so that editing it changes the entry.
+    ``samples``: the querysets whose rows the text shows, unevaluated (``render``
+    evaluates them); they name the entry and the tables it may read by SQL.
+    ``vary``: a plain, picklable value the text also depends on (the user's
+    pk); the active language is added when ``USE_I18N`` is on. ``timeout``:
+    seconds (default ``PERFKIT["CACHE"]["DEFAULT_TIMEOUT"]``). ``source``: the
+    body's own text, so that editing it changes the entry.
     """
     _check(name, samples, timeout)
     settings = get_settings()
@@ -181,7 +185,10 @@ def cached_fragment(
     if not ready_for_reads(alias):
         return render()
     tokens = tokens_for(alias)
-    entry_name = fragment_name(name, samples, vary, source)
+    # The language is part of the name: a translated body renders differently
+    # under each, and forgetting it in ``vary`` would serve one to everyone.
+    language = translation.get_language() if django_settings.USE_I18N else None
+    entry_name = fragment_name(name, samples, vary, source, language)
     lookup = entries.Lookup(
         alias=alias,
         entry=tokens.key("h", entry_name),
@@ -198,8 +205,7 @@ def cached_fragment(
 
 
 def _plan(name: str, samples: Sequence[Any], tokens: Tokens) -> FragmentPlan | None:
-    plans: list[analysis.Plan] = []
-    kept: list[Any] = []
+    tables: set[str] = set()
     for sample in samples:
         try:
             sql, _params = analysis.query_sql(sample)
@@ -209,6 +215,5 @@ def _plan(name: str, samples: Sequence[Any], tokens: Tokens) -> FragmentPlan | N
         if plan is None:
             _warn_once(name, f"what {sample.model._meta.label} reads cannot be known (raw SQL)")
             return None
-        plans.append(plan)
-        kept.append(sample)
-    return FragmentPlan(tokens, kept, plans)
+        tables |= plan.tables
+    return FragmentPlan(tokens, tables)

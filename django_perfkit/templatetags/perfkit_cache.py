@@ -1,16 +1,17 @@
-"""``{% cached_as %}``: a template fragment cached until the querysets it shows change.
+"""``{% cached_as %}``: a template fragment cached until what it shows changes.
 
 ::
 
     {% load perfkit_cache %}
-    {% cached_as "article-rows" page_obj.object_list timeout=600 vary=request.LANGUAGE_CODE %}
+    {% cached_as "article-rows" page_obj.object_list timeout=600 vary=request.user.is_staff %}
       {% for article in page_obj.object_list %}...{% endfor %}
     {% endcached_as %}
 
 The first argument names the fragment; the others are the querysets it shows,
 unevaluated: the body iterates them. ``timeout`` (seconds) and ``vary`` (a
-value the text also depends on: the user, the language) are optional. See
-:mod:`django_perfkit.cache.fragments` and docs/cache.md.
+plain value the text also depends on) are optional; the active language is
+always part of the key. See :mod:`django_perfkit.cache.fragments` and
+docs/cache.md.
 """
 
 from __future__ import annotations
@@ -63,30 +64,30 @@ class CachedAsNode(Node):
 
         name = self.name.resolve(context)
         if not isinstance(name, str) or not name:
-            raise template.TemplateSyntaxError(
-                f"{{% cached_as %}}: the fragment's name {self.name.token!r} is {name!r}; "
-                "give a non-empty string"
+            return self._uncached(
+                context,
+                f"the fragment's name {self.name.token!r} is {name!r}; give a non-empty string",
             )
         samples = []
         for expression in self.samples:
             sample = expression.resolve(context)
             if not isinstance(sample, models.QuerySet):
-                raise template.TemplateSyntaxError(
+                return self._uncached(
+                    context,
                     f"{{% cached_as {name!r} %}}: {expression.token!r} is {sample!r}, not a "
-                    "QuerySet; pass the queryset the fragment shows, unevaluated"
+                    "QuerySet; pass the queryset the fragment shows, unevaluated",
                 )
             samples.append(sample)
         timeout = None
         if "timeout" in self.options:
             raw = self.options["timeout"].resolve(context)
-            try:
-                timeout = float(raw) if raw is not None else None
-            except (TypeError, ValueError):
-                timeout = -1.0
-            if timeout is not None and timeout <= 0:
-                raise template.TemplateSyntaxError(
-                    f"{{% cached_as {name!r} %}}: timeout={raw!r}; give a number of seconds > 0"
+            valid = isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw > 0
+            if raw is not None and not valid:
+                return self._uncached(
+                    context,
+                    f"{{% cached_as {name!r} %}}: timeout={raw!r}; give a number of seconds > 0",
                 )
+            timeout = raw
         vary = self.options["vary"].resolve(context) if "vary" in self.options else None
         return cached_fragment(
             name,
@@ -96,6 +97,20 @@ class CachedAsNode(Node):
             vary=vary,
             source=self.source,
         )
+
+    def _uncached(self, context: Context, problem: str) -> str:
+        # A value the template gave at render time (a list where a queryset was
+        # expected: Page.__getitem__ turns object_list into one). Under DEBUG,
+        # the developer sees the error; in production the page is served,
+        # uncached, and the problem logged once, never a 500 because of perfkit.
+        from django.conf import settings
+
+        from django_perfkit.cache import entries
+
+        if settings.DEBUG:
+            raise template.TemplateSyntaxError(problem)
+        entries.warn_once("a {% cached_as %} fragment", problem)
+        return self.nodelist.render(context)
 
 
 @register.tag("cached_as")

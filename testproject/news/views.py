@@ -86,10 +86,10 @@ def article_list(request: HttpRequest) -> HttpResponse:
 
     Cached: the count and each page are entries of their own, and the rendered
     rows are a fragment (``{% cached_as %}`` in the template) that depends on
-    the page's rows and on the comments. The rows reach the template
-    unevaluated: the fragment's body reads them, so a hit reads neither the
-    rows nor their comment counts, and a miss reads them after the fragment
-    has captured its version tokens.
+    what its body reads: the page's rows and their comment counts (each
+    count's own entry, so a comment re-renders only the pages showing its
+    article). The rows reach the template unevaluated, wrapped so that the
+    fragment's body is what reads them and their counts: a hit reads neither.
     """
     listing = Article.objects.published().newest_first().for_listing().cache()
     paginator = Paginator(listing, PAGE_SIZE)
@@ -102,7 +102,6 @@ def article_list(request: HttpRequest) -> HttpResponse:
             "page_obj": page,
             "rows": rows,
             "articles": SimpleLazyObject(lambda: with_comment_counts(rows)),
-            "comments": Comment.objects.all(),
             "naive": False,
         },
     )

@@ -375,12 +375,14 @@ class OnWriteFunction(Generic[P, R]):
             "it" if len(new) == 1 else "them",
         )
 
-    def _read_by_outer(self) -> None:
-        # Read inside another entry's computation (a cached fragment's body):
-        # that entry depends on what this function reads, hit or miss.
-        seen = reading.get()
-        if seen is not None:
-            seen |= self.tables | self.learned
+    @staticmethod
+    def _valid_under(keys: list[str], values: Any) -> None:
+        # A hit inside another entry's computation (a cached fragment's body):
+        # that entry depends on this entry's tokens, with the values they had.
+        outer = entries.depending.get()
+        if outer is not None:
+            for key, value in zip(keys, values, strict=True):
+                outer.setdefault(key, value)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -421,29 +423,31 @@ class OnWriteFunction(Generic[P, R]):
         return entries.MISSING if refresh else value
 
     def _read(self, named: dict[str, Any], text: str) -> Any:
-        self._read_by_outer()
         store = self._usable()
         if store is None or not ready_for_reads(self.using):
             return self.func(**named)  # type: ignore[call-arg]
         started = time.perf_counter()
         keys, lines = self._hit_plan(text)
-        value = self._hit(lines, _mget(keys))
+        values = _mget(keys)
+        value = self._hit(lines, values)
         if value is not entries.MISSING:
+            self._valid_under(keys[1:], values[1:])
             entries.count_lookup(True, time.perf_counter() - started)
             return value
         lookup = self._lookup(text, store)
         return entries.get(lookup, functools.partial(self._compute, named))
 
     async def _aread(self, named: dict[str, Any], text: str) -> Any:
-        self._read_by_outer()
         store = self._usable()
         compute = sync_to_async(functools.partial(self._compute, named))
         if store is None or not await aready_for_reads(self.using):
             return await compute()
         started = time.perf_counter()
         keys, lines = self._hit_plan(text)
-        value = self._hit(lines, await _amget(keys))
+        values = await _amget(keys)
+        value = self._hit(lines, values)
         if value is not entries.MISSING:
+            self._valid_under(keys[1:], values[1:])
             entries.count_lookup(True, time.perf_counter() - started)
             return value
         return await entries.aget(self._lookup(text, store), compute)
@@ -462,7 +466,6 @@ class OnWriteFunction(Generic[P, R]):
         one per row); the values are stored as if computed one by one.
         """
         keyed = [self.key((), call) for call in calls]
-        self._read_by_outer()
         values = self._read_many(keyed)
         if values is None:
             if compute_many is not None:
@@ -489,7 +492,6 @@ class OnWriteFunction(Generic[P, R]):
     ) -> list[R]:
         """The async form of :meth:`get_many` (``compute_many`` runs in a thread)."""
         keyed = [self.key((), call) for call in calls]
-        self._read_by_outer()
         values = await self._aread_many(keyed)
         if values is None:
             if compute_many is not None:
@@ -549,6 +551,10 @@ class OnWriteFunction(Generic[P, R]):
         by_key = dict(zip(union, values, strict=True))
         found = [self._hit(lines, [by_key[key] for key in keys]) for keys, lines in per_entry]
         hits = sum(value is not entries.MISSING for value in found)
+        for (keys, _lines), value in zip(per_entry, found, strict=True):
+            if value is not entries.MISSING:
+                tokens = keys[1:]
+                self._valid_under(tokens, [by_key[key] for key in tokens])
         record = current_record()
         if record is not None:
             record.cache.hits += hits
@@ -613,6 +619,14 @@ class OnWriteFunction(Generic[P, R]):
         compute_seconds = time.perf_counter() - computed_at
         self._learn(read_tables)
         storable = entries.storable(captured[0][1], read_tables) if captured else False
+        if entries.depending.get() is not None:
+            # Inside another entry's computation: it depends on each value's
+            # tokens as captured before the values were computed.
+            for _lookup, plan, _owner, reply in captured:
+                if storable and isinstance(reply, list) and reply[0] != 2:
+                    self._valid_under(plan.static, reply[1:])
+                else:
+                    entries.unknown_dependency()
         per_value = compute_seconds / max(1, len(todo))
         for i, value in zip(todo, results, strict=True):
             values[i] = value
