@@ -23,6 +23,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.functional import empty
+from django.utils.html import escape
 from model_bakery import baker
 
 from django_perfkit.cache import flush_deferred
@@ -238,6 +239,21 @@ def test_the_list_rows_are_a_cached_fragment_redrawn_only_for_their_own_comments
     counts = {a.pk: a.comment_count for a in page1.context["articles"]}
     assert counts[newer[5].pk] == 3
     assert page1.content.count(b"3 comments") == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_list_shows_an_edited_title_and_a_new_article(
+    client: Client, make_articles: MakeArticles
+) -> None:
+    made = make_articles(3)
+    client.get("/articles/")
+    client.get("/articles/")  # from the stored fragment
+    article = Article.objects.get(pk=made[0].pk)
+    article.title = "Edited title"
+    article.save()
+    assert b"Edited title" in client.get("/articles/").content
+    newest = make_articles(1)[0]
+    assert escape(newest.title).encode() in client.get("/articles/").content
 
 
 @pytest.mark.django_db

@@ -763,3 +763,46 @@ def test_arguments_that_cannot_form_a_key_fail_at_the_call_naming_the_function(
         article_stats()  # type: ignore[call-arg]
     with pytest.raises(TypeError, match=r"article_stats\(\).*unexpected"):
         article_stats(article_id=1, extra=2)  # type: ignore[call-arg]
+
+
+# -- values that read other cached entries --------------------------------------------------
+
+
+def tag_total() -> int:
+    return len(list(Tag.objects.all().cache()))
+
+
+@cached_on_write(depends_on={Comment: lambda comment: {"article_id": comment.article_id}})
+def tags_seen_by(article_id: int) -> int:
+    """Reads a .cache() entry of a table it does not declare."""
+    return tag_total()
+
+
+def test_a_value_that_read_a_cached_entry_depends_on_it(articles: list[Article]) -> None:
+    tags_seen_by.reads_entries = False  # as in a new process
+    pk = articles[0].pk
+    tag_total()
+    assert tags_seen_by(article_id=pk) == 0
+    baker.make(Tag)
+    assert tag_total() == 1
+    assert tags_seen_by(article_id=pk) == 1
+    # Its entries carry the inner entry's tokens: a hit is one READ, not an
+    # MGET that cannot check them followed by a READ.
+    assert tags_seen_by.reads_entries
+    with record_request() as record:
+        assert tags_seen_by(article_id=pk) == 1
+    assert (record.cache.hits, record.cache.misses) == (1, 0)
+
+
+def test_a_batch_computed_by_get_many_depends_on_the_entries_it_read(
+    articles: list[Article],
+) -> None:
+    tags_seen_by.reads_entries = False  # as in a new process: get_many's one MGET
+    pk = articles[0].pk
+    tag_total()
+    calls = [{"article_id": pk}]
+    assert tags_seen_by.get_many(calls, compute_many=lambda c: [tag_total() for _ in c]) == [0]
+    baker.make(Tag)
+    assert tag_total() == 1
+    assert tags_seen_by(article_id=pk) == 1
+    assert tags_seen_by.get_many(calls, compute_many=lambda c: [tag_total() for _ in c]) == [1]

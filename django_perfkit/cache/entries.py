@@ -278,6 +278,13 @@ def store_args(
     token_ms = max(lookup.settings.token_ttl * 1000, 2 * ttl_ms)
     static = list(plan.static)
     if inner:
+        # An inner token this entry captured itself is compared against its own
+        # (earlier) capture, and recorded whatever the plan's flag said: the
+        # inner entry's value depends on it.
+        flags = "".join(
+            "1" if flag == "1" or key in inner else "0"
+            for key, flag in zip(static, flags, strict=True)
+        )
         own = set(static)
         extra = [(key, val) for key, val in inner.items() if key not in own and val]
         static += [key for key, _val in extra]
@@ -320,10 +327,12 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
     cached: Any = MISSING
     valid_under: list[tuple[str, bytes]] = []
     if raw is not None:
-        raw, valid_under = _split(raw, outer)
+        if outer is not None:
+            raw, valid_under = _split(raw)
         cached, refresh = decode(raw, lookup.settings.early_refresh_beta)
         if cached is not MISSING and not refresh:
-            _depend(outer, valid_under)
+            if outer is not None:
+                _depend(outer, valid_under)
             count_lookup(True, time.perf_counter() - started)
             return cached
     plan = (yield ("plan",)) if lookup.store else None
@@ -375,7 +384,7 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
             delay = min(delay * 2, _POLL_MAX)
             raw = yield ("script", READ, [lookup.entry, lookup.lock], whole)
             if isinstance(raw, bytes):
-                raw, polled_under = _split(raw, outer)
+                raw, polled_under = _split(raw) if outer is not None else (raw, [])
                 value, _refresh = decode(raw, 0.0)
                 if value is not MISSING:
                     _depend(outer, polled_under)
@@ -402,6 +411,11 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
     compute_seconds = time.perf_counter() - computed_at
     store_started = time.perf_counter()
     covered = storable(plan, read_tables)
+    if inner and any(not key.startswith(plan.tokens.base) for key in inner):
+        # A value of another database alias: its tokens live in another hash
+        # slot, and one STORE cannot compare them on Redis Cluster.
+        read_tables.add("*")
+        covered = False
     if outer is not None:
         if covered:
             _depend(outer, captured_under)
@@ -455,9 +469,9 @@ def unknown_dependency() -> None:
         seen.add("*")
 
 
-def _split(raw: Any, outer: dict[str, Any] | None) -> tuple[Any, list[tuple[str, bytes]]]:
+def _split(raw: Any) -> tuple[Any, list[tuple[str, bytes]]]:
     """``(payload, [(token, value), ...])`` of a whole stored value (READ's "whole")."""
-    if outer is None or not isinstance(raw, bytes):
+    if not isinstance(raw, bytes):
         return raw, []
     lines = raw.split(b"\n", 1)
     count = int(lines[0])

@@ -223,6 +223,9 @@ class OnWriteFunction(Generic[P, R]):
         self.tables: frozenset[str] = frozenset()
         #: Tables the function was seen to read without declaring them.
         self.learned: frozenset[str] = frozenset()
+        #: Seen to read other cached entries (their tokens are then in its
+        #: entries' headers, which a hit's MGET cannot check): hits use READ.
+        self.reads_entries = False
         #: Recomputes this process made (at commit, deferred, refresh()).
         self.recomputes = 0
         self._lock = threading.Lock()
@@ -358,6 +361,8 @@ class OnWriteFunction(Generic[P, R]):
         seen = reading.get()
         if seen:
             self._learn(seen)
+        if entries.depending.get():
+            self.reads_entries = True
         return value
 
     def _learn(self, seen: set[str]) -> None:
@@ -426,14 +431,15 @@ class OnWriteFunction(Generic[P, R]):
         store = self._usable()
         if store is None or not ready_for_reads(self.using):
             return self.func(**named)  # type: ignore[call-arg]
-        started = time.perf_counter()
-        keys, lines = self._hit_plan(text)
-        values = _mget(keys)
-        value = self._hit(lines, values)
-        if value is not entries.MISSING:
-            self._valid_under(keys[1:], values[1:])
-            entries.count_lookup(True, time.perf_counter() - started)
-            return value
+        if not self.reads_entries:
+            started = time.perf_counter()
+            keys, lines = self._hit_plan(text)
+            values = _mget(keys)
+            value = self._hit(lines, values)
+            if value is not entries.MISSING:
+                self._valid_under(keys[1:], values[1:])
+                entries.count_lookup(True, time.perf_counter() - started)
+                return value
         lookup = self._lookup(text, store)
         return entries.get(lookup, functools.partial(self._compute, named))
 
@@ -442,14 +448,15 @@ class OnWriteFunction(Generic[P, R]):
         compute = sync_to_async(functools.partial(self._compute, named))
         if store is None or not await aready_for_reads(self.using):
             return await compute()
-        started = time.perf_counter()
-        keys, lines = self._hit_plan(text)
-        values = await _amget(keys)
-        value = self._hit(lines, values)
-        if value is not entries.MISSING:
-            self._valid_under(keys[1:], values[1:])
-            entries.count_lookup(True, time.perf_counter() - started)
-            return value
+        if not self.reads_entries:
+            started = time.perf_counter()
+            keys, lines = self._hit_plan(text)
+            values = await _amget(keys)
+            value = self._hit(lines, values)
+            if value is not entries.MISSING:
+                self._valid_under(keys[1:], values[1:])
+                entries.count_lookup(True, time.perf_counter() - started)
+                return value
         return await entries.aget(self._lookup(text, store), compute)
 
     def get_many(
@@ -514,8 +521,14 @@ class OnWriteFunction(Generic[P, R]):
         return values
 
     def _read_many(self, keyed: list[tuple[dict[str, Any], str]]) -> list[Any] | None:
-        """The stored values (``MISSING`` for misses); None when the cache is not usable."""
-        if not keyed or self._usable() is None or not ready_for_reads(self.using):
+        """The stored values (``MISSING`` for misses); None when the cache is not usable
+        or its entries cannot be checked by one MGET (``reads_entries``)."""
+        if (
+            not keyed
+            or self.reads_entries
+            or self._usable() is None
+            or not ready_for_reads(self.using)
+        ):
             return None
         started = time.perf_counter()
         per_entry, union = self._many_keys(keyed)
@@ -523,7 +536,7 @@ class OnWriteFunction(Generic[P, R]):
         return self._many_values(per_entry, union, values, started)
 
     async def _aread_many(self, keyed: list[tuple[dict[str, Any], str]]) -> list[Any] | None:
-        if not keyed or self._usable() is None:
+        if not keyed or self.reads_entries or self._usable() is None:
             return None
         if not await aready_for_reads(self.using):
             return None
@@ -606,7 +619,11 @@ class OnWriteFunction(Generic[P, R]):
                 values[i] = entries.decode(reply[1], 0.0)[0]
         todo = [i for i, value in enumerate(values) if value is entries.MISSING]
         read_tables: set[str] = set()
+        # Entries the batch reads: every value of it depends on them (one set
+        # for the batch, since which value read what is not known).
+        inner: dict[str, Any] = {}
         token = reading.set(read_tables)
+        inner_token = entries.depending.set(inner)
         computed_at = time.perf_counter()
         try:
             results = self._checked(compute_many, [keyed[i][0] for i in todo])
@@ -616,12 +633,17 @@ class OnWriteFunction(Generic[P, R]):
             raise
         finally:
             reading.reset(token)
+            entries.depending.reset(inner_token)
         compute_seconds = time.perf_counter() - computed_at
         self._learn(read_tables)
+        if inner:
+            self.reads_entries = True
         storable = entries.storable(captured[0][1], read_tables) if captured else False
         if entries.depending.get() is not None:
             # Inside another entry's computation: it depends on each value's
-            # tokens as captured before the values were computed.
+            # tokens as captured before the values were computed, and on what
+            # the batch read.
+            self._valid_under(list(inner), list(inner.values()))
             for _lookup, plan, _owner, reply in captured:
                 if storable and isinstance(reply, list) and reply[0] != 2:
                     self._valid_under(plan.static, reply[1:])
@@ -637,7 +659,7 @@ class OnWriteFunction(Generic[P, R]):
                     gateway.run_script(entries.RELEASE, [lookup.lock], [owner], None)
                 continue
             keys, args = entries.store_args(
-                lookup, plan, reply[1:], owner if reply[0] == 1 else "", value, body
+                lookup, plan, reply[1:], owner if reply[0] == 1 else "", value, body, None, inner
             )
             gateway.run_script(entries.STORE, keys, args, None)
         record = current_record()
