@@ -5,9 +5,11 @@ random gaps of mean ``--gap`` seconds; after each ``save()`` returns it
 publishes ``i`` in Redis (``<prefix>-race:committed``).
 
 ``reader``: until the writer says it is done, reads the article through
-``.cache()`` (by primary key, and in its category's list) and counts a read as
-stale when its version is older than the one published before the read began.
-Prints one JSON line: reads, stale reads, and whether a final read was current.
+``.cache()`` (by primary key, and in its category's list) and through two
+cached fragments (one over a cached list of every article, one over an
+uncached queryset by primary key), and counts a read as stale when its version is older than the
+one published before the read began. Prints one JSON line: reads, stale
+reads, and whether a final read was current.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main() -> None:
     import redis
     from django.conf import settings
 
+    from django_perfkit.cache import cached_fragment
     from testproject.news.models import Article
 
     control = redis.Redis.from_url(settings.REDIS_URL)
@@ -60,9 +63,20 @@ def main() -> None:
         listed = [
             a for a in Article.objects.filter(category_id=category_id).cache() if a.pk == args.pk
         ]
-        for seen in (article, *listed):
+        titles = [a.title for a in (article, *listed)]
+        rows = Article.objects.order_by("pk").cache()  # every row: the table's scan token
+        titles.append(
+            cached_fragment(
+                "race-list",
+                [rows],
+                lambda rows=rows: next(a.title for a in rows if a.pk == args.pk),
+            )
+        )
+        one = Article.objects.filter(pk=args.pk)
+        titles.append(cached_fragment("race-pk", [one], lambda one=one: one[0].title))
+        for title in titles:
             reads += 1
-            if int(seen.title.lstrip("v") or 0) < before:
+            if int(title.lstrip("v") or 0) < before:
                 stale += 1
     final_before = int(control.get(committed) or 0)
     final = Article.objects.cache().get(pk=args.pk)
