@@ -561,6 +561,21 @@ def test_codec_round_trips_rows_with_related_objects_and_deferred_fields(world: 
     assert Article.objects.get(pk=rows[1].pk).title == "saved from a cached instance"
 
 
+def test_codec_stores_one_instance_as_a_row(world: dict) -> None:
+    from django_perfkit.cache import codec
+
+    article = Article.objects.select_related("author").get(pk=world["articles"][0].pk)
+    data = codec.dumps(article)
+    assert data[:1] == b"O"
+    with queries() as q:
+        back = codec.loads(data)
+        seen = (back.pk, back.title, back.author.name, back._state.db, back._state.adding)
+    assert len(q) == 0
+    assert seen == (article.pk, article.title, article.author.name, "default", False)
+    prefetched = Article.objects.prefetch_related("tags").get(pk=article.pk)
+    assert codec.dumps(prefetched)[:1] == b"P"
+
+
 def test_codec_pickles_what_it_cannot_store_as_rows(world: dict) -> None:
     from django_perfkit.cache import codec
 

@@ -1,4 +1,5 @@
-"""How results are stored: model rows as plain tuples, anything else pickled.
+"""How results are stored: model rows (a list, or ``get()``'s one) as plain tuples,
+anything else pickled.
 
 A list of model instances is the common result, and unpickling it is most of a
 hit's cost: pickle rebuilds each instance through ``model_unpickle``, which looks
@@ -23,6 +24,7 @@ from django.db.models.base import ModelState
 __all__ = ["dumps", "loads"]
 
 _ROWS = b"R"
+_ROW = b"O"
 _PICKLE = b"P"
 _classes: dict[tuple[str, str], type[Model]] = {}
 
@@ -41,6 +43,13 @@ def dumps(value: Any) -> bytes:
             pass
         else:
             return _ROWS + pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+    elif isinstance(value, Model):  # get()'s one instance
+        try:
+            row = _encode(value, {})
+        except _Fallback:
+            pass
+        else:
+            return _ROW + pickle.dumps(row, protocol=pickle.HIGHEST_PROTOCOL)
     return _PICKLE + pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -48,6 +57,8 @@ def loads(data: bytes) -> Any:
     kind, body = data[:1], data[1:]
     if kind == _ROWS:
         return [_decode(row) for row in pickle.loads(body)]
+    if kind == _ROW:
+        return _decode(pickle.loads(body))
     if kind == _PICKLE:
         return pickle.loads(body)
     raise ValueError("not a perfkit cache payload")

@@ -228,7 +228,8 @@ class CachedQuerySetMixin(_Base):
             extra = _call_extra(args, kwargs)
             lookup = None if extra is None else self._perfkit_lookup("get", extra, source=source)
             if lookup is not None:
-                uncached = functools.partial(self.nocache().get, *args, **kwargs)
+                # Cloned only on a miss: a hit never runs it.
+                uncached = functools.partial(_uncached_get, self, args, kwargs)
                 return entries.get(lookup, uncached)
             # The key names get()'s own entry, never the filtered rows': without
             # the shortcut, the rows are named by their query.
@@ -305,7 +306,7 @@ class CachedQuerySetMixin(_Base):
             extra = _call_extra(args, kwargs)
             lookup = None if extra is None else await self._perfkit_alookup("get", extra, source)
             if lookup is not None:
-                uncached = sync_to_async(functools.partial(self.nocache().get, *args, **kwargs))
+                uncached = sync_to_async(functools.partial(_uncached_get, self, args, kwargs))
                 return await entries.aget(lookup, uncached)
             return await self._perfkit_without_key(options).aget(*args, **kwargs)
         if self.query.combinator and (args or kwargs):
@@ -374,6 +375,10 @@ class CachedQuerySetMixin(_Base):
             compute = sync_to_async(functools.partial(super().aggregate, *args, **kwargs))
             return await entries.aget(lookup, compute)  # type: ignore[no-any-return]
         return await super().aaggregate(*args, **kwargs)
+
+
+def _uncached_get(queryset: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return queryset.nocache().get(*args, **kwargs)
 
 
 def _private(queryset: Any) -> Any:
