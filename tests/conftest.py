@@ -40,10 +40,12 @@ def _close_async_db_connections(request: pytest.FixtureRequest) -> Iterator[None
 @pytest.fixture(autouse=True)
 def _clean_perfkit_state() -> Iterator[None]:
     """Each test starts with fresh settings, a fresh gateway and no perfkit keys."""
+    from django_perfkit.cache import entries
     from django_perfkit.profiler import sampling
 
     reset()
     sampling.forget()
+    entries._warned.clear()  # each test sees the warnings it causes
     _delete_test_keys()
     yield
     reset()

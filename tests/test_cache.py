@@ -17,6 +17,7 @@ from model_bakery import baker
 
 from django_perfkit.cache import (
     CachedQuerySet,
+    CachedQuerySetMixin,
     ainvalidate_all,
     entries,
     invalidate,
@@ -559,6 +560,24 @@ def test_codec_round_trips_rows_with_related_objects_and_deferred_fields(world: 
     back[1].title = "saved from a cached instance"
     back[1].save()  # an UPDATE, not an INSERT
     assert Article.objects.get(pk=rows[1].pk).title == "saved from a cached instance"
+
+
+def test_a_keyed_get_hit_builds_no_uncached_queryset(world: dict, monkeypatch) -> None:
+    article = world["articles"][0]
+    assert Article.objects.cache(key=f"a:{article.pk}").get(pk=article.pk) == article
+    nocache = CachedQuerySetMixin.nocache
+    made = []
+
+    def counted(self):  # type: ignore[no-untyped-def]
+        made.append(1)
+        return nocache(self)
+
+    monkeypatch.setattr(CachedQuerySetMixin, "nocache", counted)
+    with queries() as q:
+        assert Article.objects.cache(key=f"a:{article.pk}").get(pk=article.pk) == article
+    assert (len(q), made) == (0, [])
+    assert Article.objects.cache(key="other").get(pk=article.pk) == article  # a miss
+    assert made == [1]
 
 
 def test_codec_stores_one_instance_as_a_row(world: dict) -> None:

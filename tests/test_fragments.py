@@ -300,6 +300,7 @@ def test_a_value_read_between_a_write_and_its_on_write_refresh_is_not_kept(
 
     def refresh(items: Any) -> Any:
         seen.append(show())  # a concurrent request, inside the window
+        assert len(fragment_keys()) == 1  # stored then, with the count's tokens
         return original(items)
 
     monkeypatch.setattr(registry, "refresh", refresh)

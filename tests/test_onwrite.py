@@ -778,8 +778,31 @@ def tags_seen_by(article_id: int) -> int:
     return tag_total()
 
 
-def test_a_value_that_read_a_cached_entry_depends_on_it(articles: list[Article]) -> None:
-    tags_seen_by.reads_entries = False  # as in a new process
+@pytest.fixture
+def fresh_process() -> Any:
+    """``tags_seen_by`` as a process that has not yet seen it read other entries."""
+    tags_seen_by.reads_entries = False
+    yield tags_seen_by
+    tags_seen_by.reads_entries = False
+
+
+def count_mgets(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from django_perfkit.cache.onwrite import function
+
+    calls: list[int] = []
+    real = function._mget
+
+    def counted(keys: list[str]) -> Any:
+        calls.append(len(keys))
+        return real(keys)
+
+    monkeypatch.setattr(function, "_mget", counted)
+    return calls
+
+
+def test_a_value_that_read_a_cached_entry_depends_on_it(
+    articles: list[Article], fresh_process: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pk = articles[0].pk
     tag_total()
     assert tags_seen_by(article_id=pk) == 0
@@ -789,20 +812,47 @@ def test_a_value_that_read_a_cached_entry_depends_on_it(articles: list[Article])
     # Its entries carry the inner entry's tokens: a hit is one READ, not an
     # MGET that cannot check them followed by a READ.
     assert tags_seen_by.reads_entries
+    mgets = count_mgets(monkeypatch)
     with record_request() as record:
         assert tags_seen_by(article_id=pk) == 1
     assert (record.cache.hits, record.cache.misses) == (1, 0)
+    assert mgets == []
+
+
+def test_another_process_learns_from_the_stored_entry_to_read_it_with_read(
+    articles: list[Article], fresh_process: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pk = articles[0].pk
+    tag_total()
+    assert tags_seen_by(article_id=pk) == 0  # stored with the inner tokens
+    tags_seen_by.reads_entries = False  # another process: it has not computed it
+    mgets = count_mgets(monkeypatch)
+    assert tags_seen_by(article_id=pk) == 0  # MGET: a header it cannot check; then READ
+    assert tags_seen_by(article_id=pk) == 0  # READ only
+    assert len(mgets) == 1
+    assert tags_seen_by.reads_entries
+    baker.make(Tag)
+    assert tags_seen_by(article_id=pk) == 1
 
 
 def test_a_batch_computed_by_get_many_depends_on_the_entries_it_read(
-    articles: list[Article],
+    articles: list[Article], fresh_process: Any
 ) -> None:
-    tags_seen_by.reads_entries = False  # as in a new process: get_many's one MGET
     pk = articles[0].pk
     tag_total()
     calls = [{"article_id": pk}]
-    assert tags_seen_by.get_many(calls, compute_many=lambda c: [tag_total() for _ in c]) == [0]
+    batches: list[int] = []
+
+    def compute_many(missing: list[dict[str, Any]]) -> list[int]:
+        batches.append(len(missing))
+        return [tag_total() for _ in missing]
+
+    assert tags_seen_by.get_many(calls, compute_many=compute_many) == [0]
+    assert tags_seen_by.reads_entries
+    assert tags_seen_by.get_many(calls, compute_many=compute_many) == [0]  # a hit, by READ
+    assert batches == [1]
     baker.make(Tag)
     assert tag_total() == 1
     assert tags_seen_by(article_id=pk) == 1
-    assert tags_seen_by.get_many(calls, compute_many=lambda c: [tag_total() for _ in c]) == [1]
+    assert tags_seen_by.get_many(calls, compute_many=compute_many) == [1]
+    assert batches == [1]  # recomputed by the read above, stored, then a hit

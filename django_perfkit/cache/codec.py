@@ -1,5 +1,5 @@
-"""How results are stored: model rows (a list, or ``get()``'s one) as plain tuples,
-anything else pickled.
+"""How results are stored: model instances (a list of them, or one) as plain
+tuples, anything else pickled.
 
 A list of model instances is the common result, and unpickling it is most of a
 hit's cost: pickle rebuilds each instance through ``model_unpickle``, which looks
@@ -43,7 +43,7 @@ def dumps(value: Any) -> bytes:
             pass
         else:
             return _ROWS + pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
-    elif isinstance(value, Model):  # get()'s one instance
+    elif isinstance(value, Model):  # one instance: get()'s, a cached function's value
         try:
             row = _encode(value, {})
         except _Fallback:

@@ -37,7 +37,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -275,7 +275,7 @@ def store_args(
     entries it read (compared and recorded like the captured ones)."""
     flags, row_keys = plan.flags(lookup.kind, value, read_tables)
     ttl_ms = max(1, int(lookup.timeout * 1000))
-    token_ms = max(lookup.settings.token_ttl * 1000, 2 * ttl_ms)
+    token_ms = _token_ms(lookup)
     static = list(plan.static)
     if inner:
         # An inner token this entry captured itself is compared against its own
@@ -286,7 +286,7 @@ def store_args(
             for key, flag in zip(static, flags, strict=True)
         )
         own = set(static)
-        extra = [(key, val) for key, val in inner.items() if key not in own and val]
+        extra = [(key, val) for key, val in inner.items() if key not in own]
         static += [key for key, _val in extra]
         flags += "1" * len(extra)
         captured = [*captured, *(val for _key, val in extra)]
@@ -295,6 +295,21 @@ def store_args(
     args: list[Any] = [len(static), ttl_ms, token_ms, init_seed(), owner, body, flags]
     args.extend(captured)
     return keys, args
+
+
+def inner_storable(plan: Plan, inner: dict[str, Any], read_tables: set[str]) -> bool:
+    """May an entry depending on ``inner`` (tokens of entries it read) be stored?
+
+    Not when one of them is of another database alias (its tokens live in
+    another hash slot: one STORE cannot compare them on Redis Cluster), nor
+    when one has no value (it cannot be compared); ``read_tables`` then gets
+    "*", so that an enclosing computation is not stored either.
+    """
+    base = plan.tokens.base
+    if all(key.startswith(base) and value for key, value in inner.items()):
+        return True
+    read_tables.add("*")
+    return False
 
 
 def storable(plan: Plan, read_tables: set[str]) -> bool:
@@ -328,11 +343,11 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
     valid_under: list[tuple[str, bytes]] = []
     if raw is not None:
         if outer is not None:
-            raw, valid_under = _split(raw)
+            raw, valid_under = split_whole(raw)
         cached, refresh = decode(raw, lookup.settings.early_refresh_beta)
         if cached is not MISSING and not refresh:
             if outer is not None:
-                _depend(outer, valid_under)
+                depend(valid_under, outer)
             count_lookup(True, time.perf_counter() - started)
             return cached
     plan = (yield ("plan",)) if lookup.store else None
@@ -353,7 +368,7 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
     if reply is None:  # Redis is not answering: the database it is
         count_lookup(False, time.perf_counter() - started, recompute=lookup.force)
         if cached is not MISSING:
-            _depend(outer, valid_under)
+            depend(valid_under, outer)
             return cached
         return (yield ("compute",))
     if reply[0] == 2:
@@ -361,7 +376,8 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
         # last gap: that miss released its lock before we asked for it).
         value, _refresh = decode(reply[1], 0.0)
         if value is not MISSING:
-            _unknown(outer)  # its tokens are not in this reply
+            if outer is not None:
+                unknown_dependency()  # its tokens are not in this reply
             count_lookup(True, time.perf_counter() - started)
             return value
         return (yield ("compute",))
@@ -374,7 +390,7 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
     elif not locked:
         if cached is not MISSING:
             # Someone else is refreshing early: the current entry is still valid.
-            _depend(outer, valid_under)
+            depend(valid_under, outer)
             count_lookup(True, time.perf_counter() - started)
             return cached
         deadline = time.monotonic() + lookup.settings.lock_wait
@@ -384,10 +400,10 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
             delay = min(delay * 2, _POLL_MAX)
             raw = yield ("script", READ, [lookup.entry, lookup.lock], whole)
             if isinstance(raw, bytes):
-                raw, polled_under = _split(raw) if outer is not None else (raw, [])
+                raw, polled_under = split_whole(raw) if outer is not None else (raw, [])
                 value, _refresh = decode(raw, 0.0)
                 if value is not MISSING:
-                    _depend(outer, polled_under)
+                    depend(polled_under, outer)
                     count_lookup(True, time.perf_counter() - started)
                     return value
             if raw != 1:
@@ -410,18 +426,13 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
         depending.reset(inner_token)
     compute_seconds = time.perf_counter() - computed_at
     store_started = time.perf_counter()
-    covered = storable(plan, read_tables)
-    if inner and any(not key.startswith(plan.tokens.base) for key in inner):
-        # A value of another database alias: its tokens live in another hash
-        # slot, and one STORE cannot compare them on Redis Cluster.
-        read_tables.add("*")
-        covered = False
+    covered = storable(plan, read_tables) and inner_storable(plan, inner, read_tables)
     if outer is not None:
         if covered:
-            _depend(outer, captured_under)
-            _depend(outer, inner.items())
+            depend(captured_under, outer)
+            depend(inner.items(), outer)
         else:
-            _unknown(outer)
+            unknown_dependency()
     if not covered and lookup.label:
         _not_covered(lookup.label, read_tables - plan.tables)
     body = encode(value, lookup, compute_seconds) if covered else None
@@ -449,15 +460,14 @@ def _protocol(lookup: Lookup) -> Generator[_Step, Any, Any]:
 depending: ContextVar[dict[str, Any] | None] = ContextVar("perfkit_depending", default=None)
 
 
-def _depend(outer: dict[str, Any] | None, pairs: Any) -> None:
+def depend(pairs: Iterable[tuple[str, Any]], outer: dict[str, Any] | None = None) -> None:
+    """The entry being computed (if any) depends on ``pairs``: (token, the value
+    it had when the value read was valid)."""
+    if outer is None:
+        outer = depending.get()
     if outer is not None:
         for key, value in pairs:
             outer.setdefault(key, value)
-
-
-def _unknown(outer: dict[str, Any] | None) -> None:
-    if outer is not None:
-        unknown_dependency()
 
 
 def unknown_dependency() -> None:
@@ -469,7 +479,7 @@ def unknown_dependency() -> None:
         seen.add("*")
 
 
-def _split(raw: Any) -> tuple[Any, list[tuple[str, bytes]]]:
+def split_whole(raw: Any) -> tuple[Any, list[tuple[str, bytes]]]:
     """``(payload, [(token, value), ...])`` of a whole stored value (READ's "whole")."""
     if not isinstance(raw, bytes):
         return raw, []

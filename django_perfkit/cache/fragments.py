@@ -46,7 +46,7 @@ from django_perfkit.conf import get_settings
 from django_perfkit.versions.tokens import Tokens, ready_for_reads, tokens_for
 from django_perfkit.versions.writes import dirty_tables
 
-__all__ = ["FragmentPlan", "cached_fragment", "fragment_name"]
+__all__ = ["FragmentPlan", "cached_fragment", "check_arguments", "fragment_name"]
 
 
 class FragmentPlan(analysis.Plan):
@@ -109,7 +109,10 @@ def fragment_name(
     return digest.hexdigest()
 
 
-def _check(name: Any, samples: Sequence[Any], timeout: Any) -> None:
+def check_arguments(name: Any, samples: Sequence[Any], timeout: Any, vary: Any = None) -> None:
+    """Raise ``TypeError`` or ``ValueError``, naming the fix, for arguments
+    :func:`cached_fragment` cannot cache under (the template tag checks first,
+    so that a bad value never fails a page in production)."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"cached fragment name {name!r}: give a non-empty string")
     if not samples:
@@ -127,6 +130,17 @@ def _check(name: Any, samples: Sequence[Any], timeout: Any) -> None:
         isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
     ):
         raise ValueError(f"cached fragment {name!r}: timeout={timeout!r}; give seconds > 0")
+    aliases = {sample.db for sample in samples}
+    if len(aliases) != 1:
+        raise ValueError(
+            f"cached fragment {name!r}: its querysets use databases {sorted(aliases)}; "
+            "cache one fragment per database"
+        )
+    if vary is not None and analysis.call_state(vary) is None:
+        raise ValueError(
+            f"cached fragment {name!r}: vary={vary!r} cannot be pickled; "
+            "give plain values (strings, numbers, tuples of them)"
+        )
 
 
 def _warn_once(name: str, reason: str) -> None:
@@ -151,18 +165,12 @@ def cached_fragment(
     seconds (default ``PERFKIT["CACHE"]["DEFAULT_TIMEOUT"]``). ``source``: the
     body's own text, so that editing it changes the entry.
     """
-    _check(name, samples, timeout)
+    check_arguments(name, samples, timeout, vary)
     settings = get_settings()
     cache_settings = settings.cache
     if not settings.enabled or not cache_settings.enabled:
         return render()
-    aliases = {sample.db for sample in samples}
-    if len(aliases) != 1:
-        raise ValueError(
-            f"cached fragment {name!r}: its querysets use databases {sorted(aliases)}; "
-            "cache one fragment per database"
-        )
-    alias = aliases.pop()
+    alias = samples[0].db
     connection = connections[alias]
     store = True
     if connection.in_atomic_block:

@@ -20,7 +20,6 @@ import hashlib
 from typing import Any
 
 from django import template
-from django.db import models
 from django.template.base import FilterExpression, Node, NodeList, Parser, Token
 from django.template.context import Context
 
@@ -60,35 +59,16 @@ class CachedAsNode(Node):
         self.source = _source(nodelist)
 
     def render(self, context: Context) -> str:
-        from django_perfkit.cache.fragments import cached_fragment
+        from django_perfkit.cache.fragments import cached_fragment, check_arguments
 
         name = self.name.resolve(context)
-        if not isinstance(name, str) or not name:
-            return self._uncached(
-                context,
-                f"the fragment's name {self.name.token!r} is {name!r}; give a non-empty string",
-            )
-        samples = []
-        for expression in self.samples:
-            sample = expression.resolve(context)
-            if not isinstance(sample, models.QuerySet):
-                return self._uncached(
-                    context,
-                    f"{{% cached_as {name!r} %}}: {expression.token!r} is {sample!r}, not a "
-                    "QuerySet; pass the queryset the fragment shows, unevaluated",
-                )
-            samples.append(sample)
-        timeout = None
-        if "timeout" in self.options:
-            raw = self.options["timeout"].resolve(context)
-            valid = isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw > 0
-            if raw is not None and not valid:
-                return self._uncached(
-                    context,
-                    f"{{% cached_as {name!r} %}}: timeout={raw!r}; give a number of seconds > 0",
-                )
-            timeout = raw
+        samples = [expression.resolve(context) for expression in self.samples]
+        timeout = self.options["timeout"].resolve(context) if "timeout" in self.options else None
         vary = self.options["vary"].resolve(context) if "vary" in self.options else None
+        try:
+            check_arguments(name, samples, timeout, vary)
+        except (TypeError, ValueError) as exc:
+            return self._uncached(context, f"{{% cached_as %}}: {exc}")
         return cached_fragment(
             name,
             samples,

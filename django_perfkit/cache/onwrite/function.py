@@ -357,11 +357,16 @@ class OnWriteFunction(Generic[P, R]):
         return self._entry(text, store)[0]
 
     def _compute(self, kwargs: dict[str, Any]) -> Any:
+        # The dict of the entry being computed: this one's own, or, computing
+        # in an enclosing entry's context, that one's; it grows only if the
+        # function read other entries.
+        inner = entries.depending.get()
+        before = 0 if inner is None else len(inner)
         value = self.func(**kwargs)  # type: ignore[call-arg]
         seen = reading.get()
         if seen:
             self._learn(seen)
-        if entries.depending.get():
+        if inner is not None and len(inner) > before:
             self.reads_entries = True
         return value
 
@@ -384,10 +389,7 @@ class OnWriteFunction(Generic[P, R]):
     def _valid_under(keys: list[str], values: Any) -> None:
         # A hit inside another entry's computation (a cached fragment's body):
         # that entry depends on this entry's tokens, with the values they had.
-        outer = entries.depending.get()
-        if outer is not None:
-            for key, value in zip(keys, values, strict=True):
-                outer.setdefault(key, value)
+        entries.depend(zip(keys, values, strict=True))
 
     # -- reads ------------------------------------------------------------------------
 
@@ -413,6 +415,12 @@ class OnWriteFunction(Generic[P, R]):
             return entries.MISSING
         raw = values[0]
         if type(raw) is not bytes:
+            return entries.MISSING
+        if not raw.startswith(lines[0]):
+            # Stored with other tokens than this process expects: by a process
+            # that saw the function read other entries (their tokens are in
+            # the header), or learned other tables. Hits then take READ.
+            self.reads_entries = True
             return entries.MISSING
         # The header the entry has if every token still has its stored value:
         # "<n>\n" then "<token>\n<value>\n" for each.
@@ -521,28 +529,61 @@ class OnWriteFunction(Generic[P, R]):
         return values
 
     def _read_many(self, keyed: list[tuple[dict[str, Any], str]]) -> list[Any] | None:
-        """The stored values (``MISSING`` for misses); None when the cache is not usable
-        or its entries cannot be checked by one MGET (``reads_entries``)."""
-        if (
-            not keyed
-            or self.reads_entries
-            or self._usable() is None
-            or not ready_for_reads(self.using)
-        ):
+        """The stored values (``MISSING`` for misses); None when the cache is not usable."""
+        if not keyed or self._usable() is None or not ready_for_reads(self.using):
             return None
         started = time.perf_counter()
+        if self.reads_entries:
+            # Headers an MGET cannot check: one READ per entry.
+            gateway = get_gateway()
+            whole = ["whole"] if entries.depending.get() is not None else []
+            raws = [gateway.run_script(entries.READ, [key], whole, None) for key in
+                    self._entry_keys(keyed)]  # fmt: skip
+            return self._stored_values(raws, started)
         per_entry, union = self._many_keys(keyed)
         values = _mget(union)
         return self._many_values(per_entry, union, values, started)
 
     async def _aread_many(self, keyed: list[tuple[dict[str, Any], str]]) -> list[Any] | None:
-        if not keyed or self.reads_entries or self._usable() is None:
+        if not keyed or self._usable() is None:
             return None
         if not await aready_for_reads(self.using):
             return None
         started = time.perf_counter()
+        if self.reads_entries:
+            gateway = get_gateway()
+            whole = ["whole"] if entries.depending.get() is not None else []
+            raws = [await gateway.arun_script(entries.READ, [key], whole, None) for key in
+                    self._entry_keys(keyed)]  # fmt: skip
+            return self._stored_values(raws, started)
         per_entry, union = self._many_keys(keyed)
         return self._many_values(per_entry, union, await _amget(union), started)
+
+    def _entry_keys(self, keyed: list[tuple[dict[str, Any], str]]) -> list[str]:
+        tokens = tokens_for(self.using)
+        return [self.entry_key(tokens, text) for _named, text in keyed]
+
+    def _stored_values(self, raws: list[Any], started: float) -> list[Any]:
+        """What READ answered for each entry: its value, or MISSING."""
+        found: list[Any] = []
+        beta = get_settings().cache.early_refresh_beta
+        for raw in raws:
+            if not isinstance(raw, bytes):
+                found.append(entries.MISSING)
+                continue
+            raw, valid_under = entries.split_whole(raw) if entries.depending.get() is not None \
+                else (raw, [])  # fmt: skip
+            value, refresh = entries.decode(raw, beta)
+            if value is entries.MISSING or refresh:
+                found.append(entries.MISSING)
+                continue
+            entries.depend(valid_under)
+            found.append(value)
+        record = current_record()
+        if record is not None:
+            record.cache.hits += sum(value is not entries.MISSING for value in found)
+            record.cache.time += time.perf_counter() - started
+        return found
 
     def _many_keys(
         self, keyed: list[tuple[dict[str, Any], str]]
@@ -638,12 +679,15 @@ class OnWriteFunction(Generic[P, R]):
         self._learn(read_tables)
         if inner:
             self.reads_entries = True
-        storable = entries.storable(captured[0][1], read_tables) if captured else False
+        storable = bool(captured) and (
+            entries.storable(captured[0][1], read_tables)
+            and entries.inner_storable(captured[0][1], inner, read_tables)
+        )
         if entries.depending.get() is not None:
             # Inside another entry's computation: it depends on each value's
             # tokens as captured before the values were computed, and on what
             # the batch read.
-            self._valid_under(list(inner), list(inner.values()))
+            entries.depend(inner.items())
             for _lookup, plan, _owner, reply in captured:
                 if storable and isinstance(reply, list) and reply[0] != 2:
                     self._valid_under(plan.static, reply[1:])
