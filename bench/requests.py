@@ -40,7 +40,7 @@ over the run (from ``/proc``), divided by the requests served. The
 one-connection run gives the median latency of one request at a time, with
 no queueing in it. "Added" is the median, over the rounds, of the difference
 from ``bare``'s figure in the same round, and the ratio to ``bare`` the median
-of the rounds' ratios. The configurations take turns round by round (3
+of the rounds' ratios. The configurations take turns round by round (2
 rounds, the order rotated); the other columns are medians of the rounds.
 
 Every response is checked: a configuration that answered anything but 2xx,
@@ -101,7 +101,7 @@ CONFIGS = [
 ROUTES = {"trivial": "/healthz", "article list": "/articles/"}
 WORKERS = 4
 CONNECTIONS = 16
-ROUNDS = int(os.environ.get("BENCH_REQUESTS_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_REQUESTS_ROUNDS", "2"))
 WARMUP_S = 1
 THROUGHPUT_S = int(os.environ.get("BENCH_REQUESTS_SECONDS", "3"))
 LATENCY_S = 1
