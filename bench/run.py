@@ -5,7 +5,7 @@ process). The page starts with the machine facts, so numbers from different
 machines are never compared by accident.
 
 Run: ``make bench`` (or ``python bench/run.py``). ``BENCH_ROUNDS`` sets the
-number of interleaved rounds of the query collector (default 5).
+number of interleaved rounds of the query collector (default 3).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def stored_section(module: Any, heading: str) -> list[str]:
 
 def main() -> None:
     began = time.monotonic()
-    rounds = os.environ.get("BENCH_ROUNDS", "5")
+    rounds = os.environ.get("BENCH_ROUNDS", "3")
     sections = [
         "# Benchmarks",
         "",

@@ -46,7 +46,13 @@ from django_perfkit.conf import get_settings
 from django_perfkit.versions.tokens import Tokens, ready_for_reads, tokens_for
 from django_perfkit.versions.writes import dirty_tables
 
-__all__ = ["FragmentPlan", "cached_fragment", "check_arguments", "fragment_name"]
+__all__ = [
+    "FragmentPlan",
+    "cached_fragment",
+    "check_arguments",
+    "fragment_name",
+    "render_cached",
+]
 
 
 class FragmentPlan(analysis.Plan):
@@ -166,6 +172,19 @@ def cached_fragment(
     body's own text, so that editing it changes the entry.
     """
     check_arguments(name, samples, timeout, vary)
+    return render_cached(name, samples, render, timeout=timeout, vary=vary, source=source)
+
+
+def render_cached(
+    name: str,
+    samples: Sequence[models.QuerySet[Any]],
+    render: Callable[[], str],
+    *,
+    timeout: float | None = None,
+    vary: Any = None,
+    source: str = "",
+) -> str:
+    """:func:`cached_fragment` for arguments :func:`check_arguments` accepted."""
     settings = get_settings()
     cache_settings = settings.cache
     if not settings.enabled or not cache_settings.enabled:

@@ -59,7 +59,7 @@ class CachedAsNode(Node):
         self.source = _source(nodelist)
 
     def render(self, context: Context) -> str:
-        from django_perfkit.cache.fragments import cached_fragment, check_arguments
+        from django_perfkit.cache.fragments import check_arguments, render_cached
 
         name = self.name.resolve(context)
         samples = [expression.resolve(context) for expression in self.samples]
@@ -69,7 +69,7 @@ class CachedAsNode(Node):
             check_arguments(name, samples, timeout, vary)
         except (TypeError, ValueError) as exc:
             return self._uncached(context, f"{{% cached_as %}}: {exc}")
-        return cached_fragment(
+        return render_cached(
             name,
             samples,
             lambda: self.nodelist.render(context),
