@@ -68,7 +68,7 @@ class CachedAsNode(Node):
         try:
             check_arguments(name, samples, timeout, vary)
         except (TypeError, ValueError) as exc:
-            return self._uncached(context, f"{{% cached_as %}}: {exc}")
+            return self._uncached(context, str(exc))
         return render_cached(
             name,
             samples,
