@@ -130,6 +130,21 @@ class QueryCollector:
         settings = get_settings()
         if not settings.collect_queries:
             return execute(sql, params, many, context)
+        # Everything that does not need the query's outcome is done before it
+        # runs: after a round trip to the database the process comes back with
+        # its CPU caches cold (it slept; the database ran), and every line run
+        # then costs several times what it costs now.
+        stats = record.db
+        guard = record.guard
+        keep = len(stats.queries) < settings.max_queries_recorded
+        site = None
+        if keep and guard is None and settings.capture_call_sites:
+            site = find_site(2)
+        try:
+            params_hash = hash(params) if type(params) is tuple else _params_hash(params)
+        except TypeError:  # a list among the parameters (a PostgreSQL array)
+            params_hash = _params_hash(params)
+        alias = context["connection"].alias
         failed = True
         start = time.perf_counter()
         try:
@@ -138,11 +153,8 @@ class QueryCollector:
             return result
         finally:
             duration = time.perf_counter() - start
-            stats = record.db
             stats.count += 1
             stats.time += duration
-            site = None
-            guard = record.guard
             if guard is not None:
                 # The query guard walks the same frames (and a few more): its
                 # walk finds the call site too, so it is not walked twice.
@@ -150,11 +162,11 @@ class QueryCollector:
                     site = guard.observe(sql, params, duration)
                 except Exception as exc:  # a detector bug must not fail the query
                     record.errors.append(f"query guard: {exc!r}")
-            if len(stats.queries) < settings.max_queries_recorded:
                 if not settings.capture_call_sites:
                     site = None
-                elif site is None:
+                elif keep and site is None:
                     site = find_site(2)
+            if keep:
                 stats.queries.append(
                     # tuple.__new__ with one tuple: the cheapest way to build a
                     # NamedTuple (no keyword handling), on a path run per query.
@@ -162,10 +174,10 @@ class QueryCollector:
                         QueryRecord,
                         (
                             sql,
-                            context["connection"].alias,
+                            alias,
                             duration,
                             site,
-                            _params_hash(params),
+                            params_hash,
                             None if settings.hide_sql_params else params,
                             many,
                             failed,
@@ -177,15 +189,9 @@ class QueryCollector:
             if (
                 not failed
                 and not many
-                and (record.explain or duration >= settings_explain(settings))
+                and (record.explain or duration >= settings.indexes.explain_seconds)
             ):
                 _advise(record, context["connection"], sql, params, site)
-
-
-def settings_explain(settings: Any) -> float:
-    """Seconds a query must take to be explained (infinite when the advisor is off)."""
-    indexes = settings.indexes
-    return indexes.explain_ms / 1000 if indexes.enabled else float("inf")
 
 
 #: The databases the index advisor reads plans of (``queries.indexes.VENDORS``;
