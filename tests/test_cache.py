@@ -580,6 +580,64 @@ def test_a_keyed_get_hit_builds_no_uncached_queryset(world: dict, monkeypatch) -
     assert made == [1]
 
 
+def test_the_manager_sets_cache_options_on_a_new_queryset_not_a_clone(world: dict) -> None:
+    chains = []
+    chain = CachedQuerySet._chain
+
+    def counted(self):  # type: ignore[no-untyped-def]
+        chains.append(1)
+        return chain(self)
+
+    CachedQuerySet._chain = counted  # type: ignore[method-assign]
+    try:
+        qs = Article.objects.cache(timeout=30, key="k")
+    finally:
+        CachedQuerySet._chain = chain  # type: ignore[method-assign]
+    assert chains == []
+    assert (qs._perfkit_cache.timeout, qs._perfkit_cache.key) == (30, "k")
+    with pytest.raises(ValueError, match="timeout"):
+        Article.objects.cache(timeout=-1)
+    with pytest.raises(ValueError, match="key"):
+        Article.objects.cache(key="a{b}")
+    # A related manager's get_queryset() may hand out its prefetched queryset,
+    # which other code holds: .cache() on it must not change that queryset.
+    news = Category.objects.prefetch_related("articles").get(pk=world["news"].pk)
+    prefetched = news.articles.get_queryset()
+    assert prefetched._result_cache is not None
+    cached = news.articles.cache()
+    assert cached is not prefetched
+    assert prefetched._perfkit_cache is None
+
+
+def test_get_arguments_name_distinct_entries(world: dict) -> None:
+    from django_perfkit.cache.queryset import _call_extra
+
+    calls = [
+        {"pk": 1},
+        {"pk": "1"},
+        {"pk": True},
+        {"id": 1},
+        {"a": "x", "b": 1},
+        {"a": "x',b=1"},
+        {"a": "x:y"},
+        {"a": "x" * 100},
+        {"a": "x" * 101},
+        {},
+    ]
+    names = [_call_extra((), call) for call in calls]
+    assert None not in names
+    assert len(set(names)) == len(calls), names
+    assert _call_extra((), {"b": 1, "a": "x"}) == _call_extra((), {"a": "x", "b": 1})
+    assert all(":" not in name and "\n" not in name for name in names)
+    # Slugs with colons and long strings read back the right rows.
+    first, second = world["articles"][:2]
+    Article.objects.filter(pk=first.pk).update(title="t:" + "x" * 80)
+    Article.objects.filter(pk=second.pk).update(title="t:" + "y" * 80)
+    for article, title in ((first, "t:" + "x" * 80), (second, "t:" + "y" * 80)):
+        for _ in range(2):
+            assert Article.objects.cache(key="by-title").get(title=title).pk == article.pk
+
+
 def test_codec_stores_one_instance_as_a_row(world: dict) -> None:
     from django_perfkit.cache import codec
 

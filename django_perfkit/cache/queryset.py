@@ -16,6 +16,7 @@ and queries that cannot return rows (``filter(pk__in=[])``).
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -73,6 +74,13 @@ class CachedQuerySetMixin(_Base):
         the entry yourself instead of hashing the SQL (saves compiling the query
         on a hit; the name must identify the query, parameters included).
         """
+        options = self._perfkit_options(timeout, key)
+        clone = _private(self)._chain()
+        clone._perfkit_cache = options
+        return clone
+
+    def _perfkit_options(self, timeout: float | None, key: str | None) -> _Options:
+        """``.cache()``'s arguments, checked (``ValueError``, ``TypeError``)."""
         value: Any = timeout
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
@@ -88,9 +96,7 @@ class CachedQuerySetMixin(_Base):
                 ".cache() on a select_for_update() queryset: locked rows must come from the "
                 "database; drop .cache() or select_for_update()"
             )
-        clone = _private(self)._chain()
-        clone._perfkit_cache = _Options(timeout, key)
-        return clone
+        return _Options(timeout, key)
 
     def nocache(self) -> Any:
         """Opt this queryset out (also out of ``PERFKIT["CACHE"]["MODELS"]``)."""
@@ -387,6 +393,15 @@ def _private(queryset: Any) -> Any:
 
 
 def _call_extra(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    if not args and all(type(value) is int or type(value) is str for value in kwargs.values()):
+        # get(pk=42), get(slug="...") (most calls): the repr of ints and strings
+        # is exact and unambiguous (a string's is quoted and escaped), and costs
+        # a fraction of pickling. A short one without colons (the separator of
+        # the entry's name) names the entry as it is.
+        text = ",".join([f"{name}={value!r}" for name, value in sorted(kwargs.items())])
+        if len(text) <= 64 and ":" not in text:
+            return text
+        return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
     # Hashed state, not repr(): a model instance's repr is its __str__, which
     # need not be unique; an expression's repr leaves out some of its arguments.
     return analysis.call_state(args, sorted(kwargs.items()))
@@ -421,3 +436,19 @@ class CachedQuerySet(CachedQuerySetMixin, models.QuerySet[M], Generic[M]):
 
 class CachedManager(models.Manager.from_queryset(CachedQuerySet)):  # type: ignore[misc]
     """A manager whose querysets have ``.cache()``: ``objects = CachedManager()``."""
+
+    def cache(self, timeout: float | None = None, key: str | None = None) -> Any:
+        """``self.get_queryset().cache(...)``, without the clone when it can be skipped."""
+        if type(self).get_queryset is not _new_queryset:
+            # An overridden get_queryset() (a related manager's returns its
+            # prefetched queryset) may hand out a queryset someone else holds.
+            return self.get_queryset().cache(timeout, key)
+        # Django's own get_queryset() makes a queryset nobody else holds, so
+        # the option is set on it, not on a clone of it: one whole queryset
+        # clone less per Model.objects.cache(...) call, on every cache hit.
+        queryset = self.get_queryset()
+        queryset._perfkit_cache = queryset._perfkit_options(timeout, key)
+        return queryset
+
+
+_new_queryset = models.Manager.get_queryset
