@@ -7,8 +7,10 @@ it. Prints one JSON object.
 
     python bench/ratelimit_worker.py IMPL SCENARIO REDIS_URL
 
-IMPL: perfkit-sliding, perfkit-gcra, perfkit-fixed, django-ratelimit, drf, raw-incr
-SCENARIO: latency, edge, concurrency, outage
+IMPL: perfkit-sliding, perfkit-gcra, perfkit-fixed, django-ratelimit, drf, raw-evalsha,
+raw-incr
+SCENARIO: latency, edge, concurrency, outage (latency takes several IMPLs, comma-separated,
+from one virtualenv)
 """
 
 from __future__ import annotations
@@ -95,6 +97,20 @@ def make_check(impl: str, rate: str, group: str) -> Callable[[Any], bool]:
             return bool(Throttle().allow_request(request, None))
 
         return drf_check
+    if impl == "raw-evalsha":
+        import redis
+
+        from django_perfkit.ratelimit.scripts import SLIDING
+
+        client = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
+        sha = client.script_load(SLIDING.source)
+        # perfkit-sliding's arguments for this rate (1000000/h), sent as is.
+        packed = f"{rate.split('/')[0]} 3600 1 1"
+
+        def evalsha_check(request: Any) -> bool:
+            return client.evalsha(sha, 1, f"raw:{{{group}}}", packed).startswith(b"1")
+
+        return evalsha_check
     if impl == "raw-incr":
         import redis
 
@@ -114,22 +130,32 @@ def request_for(ip: str = "10.0.0.1") -> Any:
     return request
 
 
-def latency(impl: str) -> dict[str, Any]:
-    check = make_check(impl, "1000000/h", f"lat-{uuid.uuid4().hex[:8]}")
+def latency(impls: list[str]) -> dict[str, Any]:
+    """p50 and p99 µs per check. Several limiters given (comma-separated): call by
+    call in turn, in this one process, so each sample of one is taken at the
+    same moment as a sample of the others (the machine's noise moves them all)."""
+    checks = [make_check(impl, "1000000/h", f"lat-{uuid.uuid4().hex[:8]}") for impl in impls]
     request = request_for()
     for _ in range(200):
-        check(request)
-    samples = []
-    for _ in range(1500):
-        start = time.perf_counter_ns()
-        check(request)
-        samples.append((time.perf_counter_ns() - start) / 1000)
-    samples.sort()
-    return {
-        "p50_us": statistics.median(samples),
-        "p99_us": samples[int(len(samples) * 0.99)],
-        "checks": 1700,
-    }
+        for check in checks:
+            check(request)
+    samples: list[list[float]] = [[] for _ in impls]
+    n = len(checks)
+    for i in range(1500):
+        for j in range(n):
+            k = (i + j) % n  # a rotating order: none is always first after another
+            start = time.perf_counter_ns()
+            checks[k](request)
+            samples[k].append((time.perf_counter_ns() - start) / 1000)
+    result = {}
+    for impl, mine in zip(impls, samples, strict=True):
+        mine.sort()
+        result[impl] = {
+            "p50_us": statistics.median(mine),
+            "p99_us": mine[int(len(mine) * 0.99)],
+            "checks": 1700,
+        }
+    return result
 
 
 def _align(redis_url: str) -> None:
@@ -204,9 +230,11 @@ def count(impl: str) -> dict[str, Any]:
 def main() -> None:
     impl, scenario, redis_url = sys.argv[1:4]
     os.environ["BENCH_REDIS_URL"] = redis_url
-    setup_django(impl, redis_url)
+    impls = impl.split(",")
+    # One Django for all of them: perfkit's settings when any of them is perfkit.
+    setup_django(next((i for i in impls if i.startswith("perfkit")), impls[0]), redis_url)
     if scenario == "latency":
-        result = latency(impl)
+        result = latency(impls)
     elif scenario == "count":
         result = count(impl)
     elif scenario == "edge":

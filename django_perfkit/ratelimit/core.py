@@ -190,38 +190,46 @@ class Limit:
         args: list[Any] = [packed]
         return SCRIPTS[algorithm], keys, args, count, period, algorithm, value
 
-    def _usage(self, reply: Any, count: int, period: int, algorithm: str) -> Usage:
+    def _usage(
+        self, reply: Any, count: int, period: int, algorithm: str, record: Any = None
+    ) -> Usage:
+        """The usage dict from the script's reply (``record``: the request record,
+        found before the round trip, when the caller has it)."""
         # bytes, or str from a client configured with decode_responses=True
         fields = reply.split() if isinstance(reply, (bytes, str)) else ()
+        usage: Usage
         if len(fields) != 5:
             closed = (self.fail or get_settings().ratelimit_fail) == "closed"
             retry = max(1, int(get_gateway().breaker.cooldown)) if closed else 0
-            usage = Usage(
-                count=0, limit=count, should_limit=closed, time_left=retry,
-                remaining=0 if closed else count, reset=retry, period=period,
-                group=self.group, algorithm=algorithm, failed=True,
-            )  # fmt: skip
+            usage = {
+                "count": 0, "limit": count, "should_limit": closed, "time_left": retry,
+                "remaining": 0 if closed else count, "reset": retry, "period": period,
+                "group": self.group, "algorithm": algorithm, "failed": True,
+            }  # fmt: skip
         else:
             allowed, used, remaining, retry_ms, reset_ms = map(int, fields)
             reset = -(-reset_ms // 1000)
-            usage = Usage(
-                count=used, limit=count, should_limit=not allowed,
+            # A dict display, not Usage(...): the same dict, built without
+            # keyword arguments, on a path run per check.
+            usage = {
+                "count": used, "limit": count, "should_limit": not allowed,
                 # As django-ratelimit: seconds until the window frees up; when
                 # limited, until the next request can pass.
-                time_left=-(-retry_ms // 1000) if not allowed else reset,
-                remaining=remaining, reset=reset, period=period, group=self.group,
-                algorithm=algorithm, failed=False,
-            )  # fmt: skip
-        record = current_record()
+                "time_left": -(-retry_ms // 1000) if not allowed else reset,
+                "remaining": remaining, "reset": reset, "period": period,
+                "group": self.group, "algorithm": algorithm, "failed": False,
+            }  # fmt: skip
+        if record is None:
+            record = current_record()
         if record is not None:
             record.ratelimits.append(
                 RatelimitDecision(
-                    group=self.group,
-                    limited=usage["should_limit"],
-                    limit=usage["limit"],
-                    remaining=usage["remaining"],
-                    algorithm=algorithm,
-                    failed=usage["failed"],
+                    self.group,
+                    usage["should_limit"],
+                    count,
+                    usage["remaining"],
+                    algorithm,
+                    usage["failed"],
                 )
             )
         return usage
@@ -239,8 +247,11 @@ class Limit:
         script, keys, args, count, period, algorithm, _ = prepared
         if count == 0:
             return self._zero(period, algorithm)
+        # Looked up before the round trip: after it, every line runs with the
+        # CPU's caches cold (the process slept while Redis answered).
+        record = current_record()
         reply = get_gateway().run_script(script, keys, args, _FAILED)
-        return self._usage(reply, count, period, algorithm)
+        return self._usage(reply, count, period, algorithm, record)
 
     async def ausage(self, request: HttpRequest, increment: bool = True) -> Usage | None:
         """:meth:`usage` on the gateway's ``redis.asyncio`` client (no thread hop)."""

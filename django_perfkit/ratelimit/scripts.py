@@ -18,9 +18,8 @@ from django_perfkit.redis import LuaScript
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local a = {}
-for v in string.gmatch(ARGV[1], '%S+') do a[#a + 1] = tonumber(v) end
-local limit, period, cost, increment = a[1], a[2], a[3], a[4]
+local s1, s2, s3, s4, rest = string.match(ARGV[1], '^(%S+) (%S+) (%S+) (%S+)(.*)$')
+local limit, period, cost, increment = tonumber(s1), tonumber(s2), tonumber(s3), tonumber(s4)
 local function reply(allowed, count, remaining, retry, reset)
   return string.format('%d %d %d %d %d', allowed and 1 or 0, count, remaining,
                        math.ceil(math.max(retry, 0) * 1000), math.ceil(math.max(reset, 0) * 1000))
@@ -52,12 +51,14 @@ local count = before
 if increment == 1 then count = before + cost end
 if allowed and increment == 1 and cost > 0 then
   cur = cur + cost
-  redis.call('HSET', KEYS[1], 'w', win, 'c', cur, 'p', prev)
   if w ~= win then
+    redis.call('HSET', KEYS[1], 'w', win, 'c', cur, 'p', prev)
     -- Set once per window: written at or after the window's start, the key
     -- then lives to the end of the next window, where it is still needed as
     -- "prev". Later writes in the same window need no new expiry.
     redis.call('PEXPIRE', KEYS[1], math.ceil(period * 2000))
+  else
+    redis.call('HSET', KEYS[1], 'c', cur)  -- the window and "prev" are stored already
   end
 end
 local used = prev * (1 - into) + cur
@@ -121,7 +122,7 @@ return reply(allowed, count, remaining, retry, after - now)
 FIXED = LuaScript(
     _NOW
     + """
-local offset = a[5]
+local offset = tonumber(rest)
 local ts = math.floor(now)
 local window = ts - (ts % period) + offset
 -- A window ends strictly after now: at the second it would end, the next one is current.
