@@ -8,7 +8,8 @@ one JSON object.
 
 IMPL: none, perfkit, perfkit-key (explicit keys), cacheops, cachalot, raw (the floor:
 Redis GET + unpickle of the same payload)
-SCENARIO: seed, latency, hitratio, race, stampede, memory
+SCENARIO: seed, latency, latency-together (IMPLS comma-separated in ROLE; perfkit's
+settings and IMPL's database), hitratio, race, stampede, memory
 """
 
 from __future__ import annotations
@@ -156,14 +157,12 @@ def _median_us(fn: Callable[[int], Any], n: int = N) -> float:
     return statistics.median(samples) / 1000
 
 
-def latency(impl: str) -> dict[str, Any]:
-    from cacheapp.models import Category, Item
+def _reads(impl: str, pks: list[int], cats: list[int]) -> dict[str, Callable[[int], Any]]:
+    """The three hits of ``impl`` (``raw``: the floor), each a function of a counter."""
+    from cacheapp.models import Item
 
-    pks = list(Item.objects.order_by("id").values_list("id", flat=True)[:20])
-    cats = list(Category.objects.order_by("id").values_list("id", flat=True)[:10])
-    results: dict[str, Any] = {}
     if impl == "raw":
-        return raw_floor(pks, cats)
+        return _floor_reads(pks, cats)
 
     def get(i: int) -> Any:
         pk = pks[i % len(pks)]
@@ -178,9 +177,28 @@ def latency(impl: str) -> dict[str, Any]:
         c = cats[i % len(cats)]
         return cached(Item.objects.filter(category_id=c), impl, f"count:{c}").count()
 
-    results["get_us"] = _median_us(get)
-    results["list_us"] = _median_us(listing)
-    results["count_us"] = _median_us(count)
+    return {"get_us": get, "list_us": listing, "count_us": count}
+
+
+def _keys() -> tuple[list[int], list[int]]:
+    from cacheapp.models import Category, Item
+
+    pks = list(Item.objects.order_by("id").values_list("id", flat=True)[:20])
+    cats = list(Category.objects.order_by("id").values_list("id", flat=True)[:10])
+    return pks, cats
+
+
+def latency(impl: str) -> dict[str, Any]:
+    from cacheapp.models import Item
+
+    pks, cats = _keys()
+    results: dict[str, Any] = {}
+    reads = _reads(impl, pks, cats)
+    for name, read in reads.items():
+        results[name] = _median_us(read)
+    if impl == "raw":
+        results.update(_floor_sizes())
+        return results
     if impl == "none":
         # What any cache pays before it can look: Django building the queryset
         # (get() builds its filtered clone) without running it.
@@ -199,7 +217,47 @@ def latency(impl: str) -> dict[str, Any]:
         results["build_count_us"] = _median_us(
             lambda i: Item.objects.filter(category_id=cats[i % len(cats)])
         )
-    # save(): rows of categories that the reads above did not touch.
+    results.update(_saves(cats))
+    return results
+
+
+def latency_together(impls: list[str]) -> dict[str, Any]:
+    """Hit latency of several implementations call by call in turn, in this process.
+
+    A loopback round trip drifts by tens of µs from one minute to the next on
+    a shared machine; taking turns per call puts every implementation's
+    samples at the same moments, so their ratios are not moved by the drift.
+    """
+    pks, cats = _keys()
+    reads = {impl: _reads(impl, pks, cats) for impl in impls}
+    results: dict[str, dict[str, Any]] = {impl: {} for impl in impls}
+    for name in ("get_us", "list_us", "count_us"):
+        calls = [reads[impl][name] for impl in impls]
+        samples: list[list[int]] = [[] for _ in impls]
+        for i in range(WARMUP):
+            for call in calls:
+                call(i)
+        n = len(calls)
+        for i in range(N):
+            for j in range(n):
+                k = (i + j) % n  # a rotating order: none is always first after another
+                start = time.perf_counter_ns()
+                calls[k](i)
+                samples[k].append(time.perf_counter_ns() - start)
+        for impl, mine in zip(impls, samples, strict=True):
+            results[impl][name] = statistics.median(mine) / 1000
+    for impl in impls:
+        if impl == "raw":
+            results[impl].update(_floor_sizes())
+        else:
+            results[impl].update(_saves(cats))
+    return results
+
+
+def _saves(cats: list[int]) -> dict[str, Any]:
+    """save() of rows of categories that the reads did not touch: µs, SELECTs, round trips."""
+    from cacheapp.models import Item
+
     victims = list(Item.objects.filter(category_id__in=cats[-3:]).order_by("id")[:50])
     rng = random.Random(2)
     install_counter()
@@ -211,7 +269,7 @@ def latency(impl: str) -> dict[str, Any]:
         item.n = rng.randint(0, 10**6)
         item.save()
 
-    results["save_us"] = _median_us(save, n=500)
+    results: dict[str, Any] = {"save_us": _median_us(save, n=500)}
     saves = WARMUP + 500
     results["save_selects"] = (_counts["select"] - before["select"]) / saves
     results["save_redis_calls"] = (_redis_commands() - redis_before) / saves
@@ -238,34 +296,42 @@ def _redis_commands() -> int:
     return _round_trips[0]
 
 
-def raw_floor(pks: list[int], cats: list[int]) -> dict[str, Any]:
+_floor_payloads: dict[str, list[bytes]] = {}
+
+
+def _floor_reads(pks: list[int], cats: list[int]) -> dict[str, Callable[[int], Any]]:
     """Redis GET + unpickle of the same payloads perfkit stores (the floor)."""
     import redis
     from cacheapp.models import Item
 
     client = redis.Redis.from_url(REDIS_URL)
-    payloads = {
-        "get_us": [pickle.dumps([Item.objects.get(pk=pk)], protocol=5) for pk in pks],
-        "list_us": [
+    _floor_payloads.update(
+        get_us=[pickle.dumps([Item.objects.get(pk=pk)], protocol=5) for pk in pks],
+        list_us=[
             pickle.dumps(
                 list(Item.objects.filter(category_id=c).select_related("author")[:20]), protocol=5
             )
             for c in cats
         ],
-        "count_us": [pickle.dumps(Item.objects.filter(category_id=c).count()) for c in cats],
-    }
-    results: dict[str, Any] = {}
-    for name, values in payloads.items():
+        count_us=[pickle.dumps(Item.objects.filter(category_id=c).count()) for c in cats],
+    )
+    reads: dict[str, Callable[[int], Any]] = {}
+    for name, values in _floor_payloads.items():
         for i, value in enumerate(values):
             client.set(f"bench:floor:{name}:{i}", value)
 
         def read(i: int, name: str = name, size: int = len(values)) -> Any:
             return pickle.loads(client.get(f"bench:floor:{name}:{i % size}"))
 
-        results[name] = _median_us(read)
-        results[name.replace("_us", "_bytes")] = statistics.median(len(v) for v in values)
-    client.close()
-    return results
+        reads[name] = read
+    return reads
+
+
+def _floor_sizes() -> dict[str, Any]:
+    return {
+        name.replace("_us", "_bytes"): statistics.median(len(v) for v in values)
+        for name, values in _floor_payloads.items()
+    }
 
 
 def hitratio(impl: str) -> dict[str, Any]:
@@ -418,6 +484,8 @@ def main() -> None:
         result = seed()
     elif scenario == "latency":
         result = latency(impl)
+    elif scenario == "latency-together":
+        result = latency_together(sys.argv[5].split(","))
     elif scenario == "hitratio":
         result = hitratio(impl)
     elif scenario == "race":
