@@ -7,7 +7,7 @@ one JSON object.
     python bench/cache_worker.py IMPL SCENARIO PG_PORT REDIS_URL [ROLE]
 
 IMPL: none, perfkit, perfkit-key (explicit keys), cacheops, cachalot, raw (the floor:
-Redis GET + unpickle of the same payload)
+Redis GET + unpickle of the same payload), build (Django building the querysets, not run)
 SCENARIO: seed, latency, latency-together (IMPLS comma-separated in ROLE; perfkit's
 settings and IMPL's database), hitratio, race, stampede, memory
 """
@@ -163,6 +163,8 @@ def _reads(impl: str, pks: list[int], cats: list[int]) -> dict[str, Callable[[in
 
     if impl == "raw":
         return _floor_reads(pks, cats)
+    if impl == "build":
+        return _builds(pks, cats)
 
     def get(i: int) -> Any:
         pk = pks[i % len(pks)]
@@ -180,6 +182,25 @@ def _reads(impl: str, pks: list[int], cats: list[int]) -> dict[str, Callable[[in
     return {"get_us": get, "list_us": listing, "count_us": count}
 
 
+def _builds(pks: list[int], cats: list[int]) -> dict[str, Callable[[int], Any]]:
+    """What any cache pays before it can look: Django building the queryset (and
+    get() its filtered clone) without running it."""
+    from cacheapp.models import Item
+
+    def build_get(i: int) -> Any:
+        qs = Item.objects.filter(pk=pks[i % len(pks)]).order_by()
+        qs.query.set_limits(high=21)
+        return qs
+
+    def build_list(i: int) -> Any:
+        return Item.objects.filter(category_id=cats[i % len(cats)]).select_related("author")[:20]
+
+    def build_count(i: int) -> Any:
+        return Item.objects.filter(category_id=cats[i % len(cats)])
+
+    return {"get_us": build_get, "list_us": build_list, "count_us": build_count}
+
+
 def _keys() -> tuple[list[int], list[int]]:
     from cacheapp.models import Category, Item
 
@@ -189,7 +210,6 @@ def _keys() -> tuple[list[int], list[int]]:
 
 
 def latency(impl: str) -> dict[str, Any]:
-    from cacheapp.models import Item
 
     pks, cats = _keys()
     results: dict[str, Any] = {}
@@ -199,24 +219,6 @@ def latency(impl: str) -> dict[str, Any]:
     if impl == "raw":
         results.update(_floor_sizes())
         return results
-    if impl == "none":
-        # What any cache pays before it can look: Django building the queryset
-        # (get() builds its filtered clone) without running it.
-        def build_get(i: int) -> Any:
-            qs = Item.objects.filter(pk=pks[i % len(pks)]).order_by()
-            qs.query.set_limits(high=21)
-            return qs
-
-        def build_list(i: int) -> Any:
-            return Item.objects.filter(category_id=cats[i % len(cats)]).select_related("author")[
-                :20
-            ]
-
-        results["build_get_us"] = _median_us(build_get)
-        results["build_list_us"] = _median_us(build_list)
-        results["build_count_us"] = _median_us(
-            lambda i: Item.objects.filter(category_id=cats[i % len(cats)])
-        )
     results.update(_saves(cats))
     return results
 
@@ -249,7 +251,7 @@ def latency_together(impls: list[str]) -> dict[str, Any]:
     for impl in impls:
         if impl == "raw":
             results[impl].update(_floor_sizes())
-        else:
+        elif impl != "build":
             results[impl].update(_saves(cats))
     return results
 

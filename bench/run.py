@@ -159,7 +159,7 @@ def main() -> None:
     sections += [
         "How to read these: ratios in brackets are to the uncached query and to the floor. "
         "The floor leaves out what any ORM cache must do before it can ask Redis: build the "
-        "queryset (`Item.objects.filter(...)`, 50-100 µs here) and name the entry. "
+        "queryset (`Item.objects.filter(...)`: the last row) and name the entry. "
         "`perfkit` names entries by the pickled query state, `perfkit-key` by the name "
         "given to `.cache(key=...)` (and its `get()` does not build the filtered queryset). "
         "A stale read is one that returned a version older than one whose `save()` had "
