@@ -260,14 +260,16 @@ def in_situ(db: str, rounds: int) -> dict[str, Any]:
     try:
         for _ in range(rounds):
             for kind, batch in kinds.items():
-                for mode in modes:
-                    probe = _Probe()
-                    middle = [] if mode == "probe only" else [collector]
-                    connection.execute_wrappers[:] = [probe.outer, *middle, probe.inner]
-                    gc.collect()
-                    gc.disable()
-                    try:
-                        for _ in range(IN_SITU_BATCHES):
+                # The modes take turns batch by batch (100 queries), so that a
+                # change in the machine's load falls on all of them alike.
+                for _ in range(IN_SITU_BATCHES):
+                    for mode in modes:
+                        probe = _Probe()
+                        middle = [] if mode == "probe only" else [collector]
+                        connection.execute_wrappers[:] = [probe.outer, *middle, probe.inner]
+                        gc.collect()
+                        gc.disable()
+                        try:
                             if mode == "idle" or mode == "probe only":
                                 batch()
                             elif mode == "collect":
@@ -276,9 +278,9 @@ def in_situ(db: str, rounds: int) -> dict[str, Any]:
                             else:
                                 with override_settings(PERFKIT=no_sites), record_request():
                                     batch()
-                    finally:
-                        gc.enable()
-                    spans[(kind, mode)] += probe.spans
+                        finally:
+                            gc.enable()
+                        spans[(kind, mode)] += probe.spans
     finally:
         connection.execute_wrappers[:] = saved
     rows = []
