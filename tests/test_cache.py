@@ -580,33 +580,56 @@ def test_a_keyed_get_hit_builds_no_uncached_queryset(world: dict, monkeypatch) -
     assert made == [1]
 
 
-def test_the_manager_sets_cache_options_on_a_new_queryset_not_a_clone(world: dict) -> None:
+def test_the_manager_sets_cache_options_on_a_new_queryset_not_a_clone(
+    world: dict, monkeypatch
+) -> None:
+    from django.db.models import QuerySet
+
+    from django_perfkit.cache import CachedManager
+
+    assert isinstance(Tag.objects, CachedManager)
     chains = []
-    chain = CachedQuerySet._chain
+    chain = QuerySet._chain
 
     def counted(self):  # type: ignore[no-untyped-def]
-        chains.append(1)
+        chains.append(type(self))
         return chain(self)
 
-    CachedQuerySet._chain = counted  # type: ignore[method-assign]
-    try:
-        qs = Article.objects.cache(timeout=30, key="k")
-    finally:
-        CachedQuerySet._chain = chain  # type: ignore[method-assign]
+    monkeypatch.setattr(QuerySet, "_chain", counted)
+    qs = Tag.objects.cache(timeout=30, key="k")
     assert chains == []
     assert (qs._perfkit_cache.timeout, qs._perfkit_cache.key) == (30, "k")
+    assert {t.pk for t in qs} == {t.pk for t in Tag.objects.all()}
     with pytest.raises(ValueError, match="timeout"):
-        Article.objects.cache(timeout=-1)
+        Tag.objects.cache(timeout=-1)
     with pytest.raises(ValueError, match="key"):
-        Article.objects.cache(key="a{b}")
-    # A related manager's get_queryset() may hand out its prefetched queryset,
-    # which other code holds: .cache() on it must not change that queryset.
-    news = Category.objects.prefetch_related("articles").get(pk=world["news"].pk)
-    prefetched = news.articles.get_queryset()
+        Tag.objects.cache(key="a{b}")
+    # A related manager's get_queryset() hands out its prefetched queryset,
+    # which the instance holds: .cache() on it must not change that queryset.
+    article = Article.objects.prefetch_related("tags").get(pk=world["articles"][0].pk)
+    prefetched = article.tags.get_queryset()
     assert prefetched._result_cache is not None
-    cached = news.articles.cache()
+    cached = article.tags.cache()
     assert cached is not prefetched
     assert prefetched._perfkit_cache is None
+    # Nor a get_queryset() replaced on one manager instance.
+    shared = Tag.objects.all()
+    monkeypatch.setattr(Tag.objects, "get_queryset", lambda: shared)
+    assert Tag.objects.cache() is not shared
+    assert shared._perfkit_cache is None
+    monkeypatch.undo()
+    # A queryset class with its own cache() has it called.
+    calls = []
+
+    class OwnCache(CachedQuerySet):  # type: ignore[type-arg]
+        def cache(self, timeout=None, key=None):  # type: ignore[no-untyped-def]
+            calls.append(timeout)
+            return super().cache(timeout or 123, key)
+
+    manager = CachedManager.from_queryset(OwnCache)()
+    manager.model = Tag
+    assert manager.cache()._perfkit_cache.timeout == 123
+    assert calls == [None]
 
 
 def test_get_arguments_name_distinct_entries(world: dict) -> None:
@@ -629,6 +652,8 @@ def test_get_arguments_name_distinct_entries(world: dict) -> None:
     assert len(set(names)) == len(calls), names
     assert _call_extra((), {"b": 1, "a": "x"}) == _call_extra((), {"a": "x", "b": 1})
     assert all(":" not in name and "\n" not in name for name in names)
+    # An int too long for repr() (sys.get_int_max_str_digits()) is named too.
+    assert _call_extra((), {"pk": 10**5000}) not in (None, *names)
     # Slugs with colons and long strings read back the right rows.
     first, second = world["articles"][:2]
     Article.objects.filter(pk=first.pk).update(title="t:" + "x" * 80)

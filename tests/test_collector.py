@@ -90,6 +90,29 @@ def test_details_are_bounded_but_totals_are_not() -> None:
     assert rec.db.dropped == 7
 
 
+def test_the_bound_holds_for_queries_run_while_another_is_running() -> None:
+    # A query that starts while another is in flight (nested in it here; another
+    # thread sharing the record is the same case) must not both pass the bound.
+    nested = []
+
+    def run_another_first(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        if not nested:
+            nested.append(1)
+            Group.objects.using("other").exists()
+        return execute(sql, params, many, context)
+
+    with (
+        override_settings(PERFKIT={"MAX_QUERIES_RECORDED": 1}),
+        record_request() as rec,
+        connection.execute_wrapper(run_another_first),
+    ):
+        User.objects.exists()
+    assert nested == [1]
+    assert rec.db.count == 2
+    assert (len(rec.db.queries), rec.db.dropped) == (1, 1)
+    assert rec.db.queries[0].alias == "other"
+
+
 def test_collection_can_be_switched_off() -> None:
     with override_settings(PERFKIT={"COLLECT_QUERIES": False}), record_request() as rec:
         list(User.objects.all())

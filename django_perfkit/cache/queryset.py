@@ -398,7 +398,10 @@ def _call_extra(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
         # is exact and unambiguous (a string's is quoted and escaped), and costs
         # a fraction of pickling. A short one without colons (the separator of
         # the entry's name) names the entry as it is.
-        text = ",".join([f"{name}={value!r}" for name, value in sorted(kwargs.items())])
+        try:
+            text = ",".join([f"{name}={value!r}" for name, value in sorted(kwargs.items())])
+        except ValueError:  # an int longer than sys.get_int_max_str_digits()
+            return analysis.call_state(args, sorted(kwargs.items()))
         if len(text) <= 64 and ":" not in text:
             return text
         return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
@@ -439,9 +442,14 @@ class CachedManager(models.Manager.from_queryset(CachedQuerySet)):  # type: igno
 
     def cache(self, timeout: float | None = None, key: str | None = None) -> Any:
         """``self.get_queryset().cache(...)``, without the clone when it can be skipped."""
-        if type(self).get_queryset is not _new_queryset:
+        if (
+            type(self).get_queryset is not _new_queryset
+            or "get_queryset" in vars(self)
+            or self._queryset_class.cache is not CachedQuerySetMixin.cache
+        ):
             # An overridden get_queryset() (a related manager's returns its
-            # prefetched queryset) may hand out a queryset someone else holds.
+            # prefetched queryset) may hand out a queryset someone else holds;
+            # a queryset class with its own cache() must have it called.
             return self.get_queryset().cache(timeout, key)
         # Django's own get_queryset() makes a queryset nobody else holds, so
         # the option is set on it, not on a clone of it: one whole queryset

@@ -136,9 +136,9 @@ class QueryCollector:
         # then costs several times what it costs now.
         stats = record.db
         guard = record.guard
-        keep = len(stats.queries) < settings.max_queries_recorded
+        limit = settings.max_queries_recorded
         site = None
-        if keep and guard is None and settings.capture_call_sites:
+        if guard is None and settings.capture_call_sites and len(stats.queries) < limit:
             site = find_site(2)
         try:
             params_hash = hash(params) if type(params) is tuple else _params_hash(params)
@@ -155,6 +155,9 @@ class QueryCollector:
             duration = time.perf_counter() - start
             stats.count += 1
             stats.time += duration
+            # Decided now, not before the query: queries of other threads (or
+            # nested in this one) may have filled the record meanwhile.
+            keep = len(stats.queries) < limit
             if guard is not None:
                 # The query guard walks the same frames (and a few more): its
                 # walk finds the call site too, so it is not walked twice.
