@@ -9,7 +9,7 @@ it. Prints one JSON object.
 
 IMPL: perfkit-sliding, perfkit-gcra, perfkit-fixed, django-ratelimit, drf, raw-evalsha,
 raw-incr
-SCENARIO: latency, edge, concurrency, outage (latency takes several IMPLs, comma-separated,
+SCENARIO: latency, edge, late, concurrency, outage (latency takes several IMPLs, comma-separated,
 from one virtualenv)
 """
 
@@ -181,6 +181,20 @@ def edge(impl: str, redis_url: str) -> dict[str, Any]:
     return {"allowed": allowed, "sent": 20}
 
 
+def late(impl: str, redis_url: str) -> dict[str, Any]:
+    """Limit 10/s: 10 requests 0.95 s into a window, 10 more 0.95 s later (all
+    within one second: at most 10 should pass)."""
+    check = make_check(impl, "10/s", f"late-{uuid.uuid4().hex[:8]}")
+    request = request_for()
+    _align(redis_url)  # 0.02 s into a window
+    time.sleep(0.93)
+    start = time.monotonic()
+    allowed = sum(check(request) for _ in range(10))
+    time.sleep(max(0, 0.95 - (time.monotonic() - start)))
+    allowed += sum(check(request) for _ in range(10))
+    return {"allowed": allowed, "sent": 20}
+
+
 def concurrency(impl: str, group: str) -> dict[str, Any]:
     """4 threads x 50 attempts in this process, against 100 per day (4 such processes run)."""
     check = make_check(impl, "100/d", group)
@@ -237,6 +251,8 @@ def main() -> None:
         result = latency(impls)
     elif scenario == "count":
         result = count(impl)
+    elif scenario == "late":
+        result = late(impl, redis_url)
     elif scenario == "edge":
         result = edge(impl, redis_url)
     elif scenario == "concurrency":

@@ -424,23 +424,44 @@ def test_exact_under_concurrency(algorithm: str) -> None:
     assert allowed == 100
 
 
-def test_sliding_window_weights_the_previous_window_by_its_overlap() -> None:
-    """10 per 4 s: 10 in one window; 2.2 s (55%) into the next, the previous one
-    still counts for 45% of its 10 (4.5), so 5 more pass, not 10. (Anywhere from
-    50% to 60% into the window gives 5: 400 ms of room for this machine's stalls.)"""
-    args = {"group": "slide-weight", "key": "ip", "rate": "10/4s", "increment": True}
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    seconds, micros = client.time()
-    client.close()
-    now = seconds + micros / 1e6
-    window_start = (now // 4 + 1) * 4  # the next 4 s window on Redis's clock
-    time.sleep(window_start - now + 0.02)
+def test_sliding_window_is_a_hard_cap_over_any_period() -> None:
+    """10 per 2 s, counted in tenths (0.2 s). 1.9 s after a full burst nothing
+    passes, whatever the burst's place in its window (a two-window counter that
+    weights the previous window by its overlap lets up to 9 more through when
+    the burst came late in its window); once the tenth the burst was in has
+    left the window (at most 2.2 s after it), a full burst passes again."""
+    args = {"group": "slide-cap", "key": "ip", "rate": "10/2s"}
     started = time.monotonic()
-    first = [not is_ratelimited(get(), **args) for _ in range(11)]
-    time.sleep(max(0, 6.2 - 0.02 - (time.monotonic() - started)))
-    second = [not is_ratelimited(get(), **args) for _ in range(8)]
+    first = [not is_ratelimited(get(), increment=True, **args) for _ in range(11)]
+    time.sleep(max(0, 1.9 - (time.monotonic() - started)))
+    usage = get_usage(get(), increment=False, **args)
+    second = [not is_ratelimited(get(), increment=True, **args) for _ in range(5)]
+    time.sleep(max(0, 2.35 - (time.monotonic() - started)))
+    third = [not is_ratelimited(get(), increment=True, **args) for _ in range(11)]
     assert first == [True] * 10 + [False]
-    assert second == [True] * 5 + [False] * 3, second
+    assert second == [False] * 5
+    assert usage is not None
+    assert (usage["should_limit"], usage["count"], usage["remaining"]) == (True, 10, 0)
+    assert usage["time_left"] == 1  # the burst's tenth leaves within 0.1-0.3 s
+    assert third == [True] * 10 + [False]
+
+
+def test_sliding_window_script_tolerates_a_hash_of_another_form() -> None:
+    # A key left by the earlier two-window counter (fields w, c, p): not read
+    # as tenths (no Lua error, which would hand the decision to the fail
+    # policy), but dropped, and counting starts afresh.
+    from django_perfkit.ratelimit.scripts import SLIDING
+    from django_perfkit.redis import get_gateway
+
+    gateway = get_gateway()
+    key = gateway.key("rl", "old-form")
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.hset(key, mapping={"w": 1, "c": 5, "p": 3})
+    reply = gateway.run_script(SLIDING, [key], ["10 60 1 1"], None)
+    fields = client.hkeys(key)
+    client.close()
+    assert reply is not None and reply.split()[:3] == [b"1", b"1", b"9"]
+    assert len(fields) == 1 and fields[0].isdigit()
 
 
 def test_sliding_window_lets_a_client_back_in_as_it_slides() -> None:

@@ -71,6 +71,9 @@ def _qualname(func: Any) -> str:
     return f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}"
 
 
+_KEY_ALGORITHM = {"sliding": "sliding/10"}
+
+
 @functools.lru_cache(maxsize=8192)
 def _digest(
     group: str, key_spec: str, count: int, period: int, methods: tuple[str, ...] | None,
@@ -82,6 +85,10 @@ def _digest(
     rate in the key (as django-ratelimit does): changing a rate starts afresh.
     """
     methods_text = ",".join(methods) if methods else "*"
+    # "sliding/10": the sliding window's counts per tenth. Keys of the earlier
+    # two-window counter (a hash of other fields) are left to expire instead
+    # of being read as tenths.
+    algorithm = _KEY_ALGORITHM.get(algorithm, algorithm)
     digest = hashlib.sha256(
         f"{group}\0{key_spec}\0{count}/{period}\0{methods_text}\0{algorithm}\0{value}".encode(
             "utf-8", "replace"

@@ -26,62 +26,80 @@ local function reply(allowed, count, remaining, retry, reset)
 end
 """
 
-#: Sliding-window counter (as Cloudflare's): the current window's count plus
-#: the previous window's, weighted by how much of it still overlaps the
-#: sliding window. Two numbers per key, in one hash. Rejected requests are not
-#: counted, so a client that keeps hammering is let back in as its window slides.
+#: Sliding window, counted in tenths of the period: one count per tenth, in one
+#: hash. A request is allowed if the counts of every tenth that overlaps the
+#: last ``period`` seconds, plus its cost, stay within the limit. Counting the
+#: oldest tenth whole (instead of estimating how much of it is still inside,
+#: as a two-window counter does) makes the limit a hard cap: no span of
+#: ``period`` seconds ever lets more than ``limit`` through, however the
+#: requests are timed. The price: a request is counted for up to a tenth of a
+#: period longer than it strictly has to be. Rejected requests are not
+#: counted, so a client that keeps hammering is let back in as the window
+#: slides. Tenths that left the window are deleted when the key is next used;
+#: the key expires a period and a tenth after its newest count.
 SLIDING = LuaScript(
     _NOW
     + """
-local win = math.floor(now / period)
-local h = redis.call('HMGET', KEYS[1], 'w', 'c', 'p')
-local w = tonumber(h[1])
-local cur = tonumber(h[2]) or 0
-local prev = tonumber(h[3]) or 0
-if w ~= win then
-  if w == win - 1 then prev = cur else prev = 0 end
-  cur = 0
-end
-local into = (now - win * period) / period
-local before = prev * (1 - into) + cur
-local allowed = before + cost <= limit + 1e-9
--- The count reported: with this request when it is counted; without it for
--- a peek (increment = 0), as django-ratelimit's increment=False reports it.
-local count = before
-if increment == 1 then count = before + cost end
-if allowed and increment == 1 and cost > 0 then
-  cur = cur + cost
-  if w ~= win then
-    redis.call('HSET', KEYS[1], 'w', win, 'c', cur, 'p', prev)
-    -- Set once per window: written at or after the window's start, the key
-    -- then lives to the end of the next window, where it is still needed as
-    -- "prev". Later writes in the same window need no new expiry.
-    redis.call('PEXPIRE', KEYS[1], math.ceil(period * 2000))
+local tenths = 10
+local size = period / tenths
+local cur = math.floor(now / size)
+-- The oldest tenth that still overlaps (now - period, now]: cur - tenths.
+local oldest = cur - tenths
+local h = redis.call('HGETALL', KEYS[1])
+local used = 0
+local newest = nil
+local counted = {}
+local counts = {}
+local stale = nil
+for i = 1, #h, 2 do
+  local b = tonumber(h[i])
+  if not b or b < oldest then  -- left the window (or not a tenth: an older format)
+    if not stale then stale = {} end
+    stale[#stale + 1] = h[i]
   else
-    redis.call('HSET', KEYS[1], 'c', cur)  -- the window and "prev" are stored already
+    local c = tonumber(h[i + 1])
+    used = used + c
+    counted[#counted + 1] = b
+    counts[b] = c
+    if not newest or b > newest then newest = b end
   end
 end
-local used = prev * (1 - into) + cur
-local remaining = math.max(0, math.floor(limit - used + 1e-9))
+if stale then redis.call('HDEL', KEYS[1], unpack(stale)) end
+local allowed = used + cost <= limit
+-- The count reported: with this request when it is counted; without it for
+-- a peek (increment = 0), as django-ratelimit's increment=False reports it.
+local count = used
+if increment == 1 then count = used + cost end
+if allowed and increment == 1 and cost > 0 then
+  if redis.call('HINCRBY', KEYS[1], string.format('%d', cur), cost) == cost then
+    -- A new tenth: the key must outlive it by a period.
+    redis.call('PEXPIRE', KEYS[1], math.ceil((period + size) * 1000))
+  end
+  used = used + cost
+  newest = cur
+end
+local remaining = math.max(0, limit - used)
+-- Tenth b stops overlapping the window at (b + 1 + tenths) * size.
 local retry = 0
 if not allowed then
   if cost > limit then
     retry = period
-  elseif cur + cost <= limit then
-    retry = (1 - (limit - cur - cost) / prev - into) * period
   else
-    local need = 1
-    if cur > 0 then need = math.max(0, 1 - (limit - cost) / cur) end
-    retry = ((win + 1) * period - now) + need * period
+    table.sort(counted)
+    local need = used + cost - limit
+    local freed = 0
+    for _, b in ipairs(counted) do
+      freed = freed + counts[b]
+      if freed >= need then
+        retry = (b + 1 + tenths) * size - now
+        break
+      end
+    end
   end
 end
 local reset = 0
-if cur > 0 then
-  reset = (win + 2) * period - now
-elseif prev > 0 then
-  reset = (win + 1) * period - now
-end
-return reply(allowed, math.ceil(count - 1e-9), remaining, retry, reset)
+if newest and used > 0 then reset = (newest + 1 + tenths) * size - now end
+return reply(allowed, count, remaining, retry, reset)
 """,
     name="ratelimit-sliding",
 )
