@@ -176,8 +176,18 @@ def test_get_does_not_exist_is_cached_until_the_row_appears(world: dict) -> None
     with queries() as q, pytest.raises(Article.DoesNotExist):
         Article.objects.cache().get(pk=missing)
     assert len(q) == 0
+    with pytest.raises(Article.DoesNotExist):
+        Article.objects.cache(key="by-pk").get(pk=missing)
+    with queries() as q, pytest.raises(Article.DoesNotExist):
+        Article.objects.cache(key="by-pk").get(pk=missing)
+    assert len(q) == 0
     baker.make(Article, pk=missing, category=world["news"], author=world["author"])
     assert Article.objects.cache().get(pk=missing).pk == missing
+    assert Article.objects.cache(key="by-pk").get(pk=missing).pk == missing
+    # More than one row: get()'s own error, from the cache too.
+    for _ in range(2):
+        with pytest.raises(Article.MultipleObjectsReturned, match="it returned 4"):
+            Article.objects.cache().get(category=world["news"])
     # An insert with an id chosen by the database is caught by the scan token.
     baker.make(Article, category=world["news"], author=world["author"])
     nxt = max(a.pk for a in Article.objects.all())
@@ -958,3 +968,118 @@ def test_an_annotation_with_a_new_output_field_keeps_its_name(world: dict) -> No
         return analysis.fingerprint(Article.objects.annotate(x=Cast("pk", CharField())))
 
     assert name() == name()
+
+
+# -- naming without the query; a hit in one MGET ----------------------------------------
+
+
+def _entry_keys(pattern: str) -> list[str]:
+    client = get_gateway().client
+    return sorted(k.decode() for k in client.scan_iter(match=f"{KEY_PREFIX}:*:q:{pattern}"))
+
+
+def test_the_managers_own_queryset_names_get_by_its_arguments(world: dict) -> None:
+    first, second = world["articles"][:2]
+    assert Article.objects.cache().get(pk=first.pk) == first
+    with queries() as q:
+        assert Article.objects.cache().get(pk=first.pk) == first
+        assert Article.objects.cache().get(pk=second.pk) != first  # its own entry
+    assert len(q) == 1
+    names = _entry_keys("p:news.article:*:rows:get/*")
+    assert [n.rsplit(":", 1)[1] for n in names] == sorted(
+        [f"get/pk={first.pk}", f"get/pk={second.pk}"]
+    )
+    # A clone is not the manager's queryset: its filter is part of its name.
+    other = world["others"][0]
+    with pytest.raises(Article.DoesNotExist):
+        Article.objects.cache().filter(category=world["news"]).get(pk=other.pk)
+    assert Article.objects.cache().get(pk=other.pk) == other
+    # And the entry follows its row like any other.
+    first.title = "renamed"
+    first.save()
+    assert Article.objects.cache().get(pk=first.pk).title == "renamed"
+
+
+def test_a_lookup_in_get_is_named_with_the_time_zone(world: dict) -> None:
+    from django.utils import timezone as tz
+
+    from django_perfkit.cache.queryset import _call_extra
+
+    with tz.override("Europe/Paris"):
+        paris = _call_extra((), {"published_at__date": "2026-01-01"})
+        plain = _call_extra((), {"pk": 1})
+    with tz.override("America/New_York"):
+        new_york = _call_extra((), {"published_at__date": "2026-01-01"})
+        assert _call_extra((), {"pk": 1}) == plain == "pk=1"
+    assert paris != new_york
+
+
+def test_a_hit_read_by_mget_answers_as_the_read_script_does(world: dict) -> None:
+    article = world["articles"][0]
+    gateway = get_gateway()
+    client = gateway.client
+    Article.objects.cache().get(pk=article.pk)  # stored
+    Article.objects.cache().get(pk=article.pk)  # read through READ: its tokens remembered
+    (entry,) = _entry_keys(f"p:news.article:*:rows:get/pk={article.pk}")
+    tokens = entries._token_keys[entry]
+    assert len(tokens) >= 2  # the epoch, the row's token at least
+    stored = client.get(entry)
+
+    def both() -> tuple[object, object]:
+        by_mget = entries.valid_payload(client.mget([entry, *tokens]), tokens)
+        by_script = gateway.run_script(entries.READ, [entry], [], None)
+        return by_mget, by_script
+
+    by_mget, by_script = both()
+    assert by_mget == by_script is not None
+    saved = {t: client.get(t) for t in tokens}
+    for token in tokens:
+        client.set(token, b"moved")  # a write bumped it
+        assert both() == (None, None)
+        client.delete(token)  # evicted
+        assert both() == (None, None)
+        client.set(token, saved[token])
+        assert both() == (by_script, by_script)
+    client.delete(entry)
+    assert both() == (None, None)
+    # The same entry stored with other tokens (one more, or one fewer, or
+    # another in its place): MGET cannot tell, READ is asked.
+    count, rest = stored.split(b"\n", 1)
+    header_len = int(count)
+    extra = f"{KEY_PREFIX}:{{v:default}}:t:another".encode()
+    client.set(extra, b"1")
+    variants = [
+        b"%d\n%s\n1\n%s" % (header_len + 1, extra, rest),
+        b"%d\n%s" % (header_len - 1, rest.split(b"\n", 2)[2]),
+        b"%d\n%s\n%s" % (header_len, extra, rest.split(b"\n", 1)[1]),
+    ]
+    for variant in variants:
+        client.set(entry, variant)
+        reply = entries.valid_payload(client.mget([entry, *tokens]), tokens)
+        assert reply is entries._UNREAD
+        client.set(entry, stored)
+    client.delete(extra)
+
+
+def test_a_hit_after_the_first_runs_no_script(world: dict, monkeypatch) -> None:
+    article = world["articles"][0]
+    for _ in range(2):
+        assert Article.objects.cache().get(pk=article.pk) == article
+    scripts: list[str] = []
+    run_script = type(get_gateway()).run_script
+
+    def spied(self, script, keys, args, default):  # type: ignore[no-untyped-def]
+        scripts.append(script.name)
+        return run_script(self, script, keys, args, default)
+
+    monkeypatch.setattr(type(get_gateway()), "run_script", spied)
+    with record_request() as record:
+        assert Article.objects.cache().get(pk=article.pk) == article
+    assert (scripts, record.cache.hits, record.db.count) == ([], 1, 0)
+    # Stale: MGET sees the moved token, and the protocol takes over (a miss).
+    article.title = "changed"
+    article.save()
+    with record_request() as record:
+        assert Article.objects.cache().get(pk=article.pk).title == "changed"
+    assert (record.cache.misses, record.db.count) == (1, 1)
+    assert "cache.store" in scripts

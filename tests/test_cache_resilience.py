@@ -186,13 +186,15 @@ def test_the_cache_works_on_redis_cluster(article: Article, cluster: PrivateClus
     cluster_settings = {"REDIS_URL": cluster.url, "REDIS_CLUSTER": True, "KEY_PREFIX": KEY_PREFIX}
     with override_settings(PERFKIT=cluster_settings):
         _cached_list(article)
-        with record_request() as record:
-            _cached_list(article)
-        assert (record.cache.hits, record.db.count) == (1, 0)
+        for _ in range(2):  # READ's script, then MGET (the tokens remembered)
+            with record_request() as record:
+                _cached_list(article)
+            assert (record.cache.hits, record.db.count) == (1, 0)
         article.title = "on the cluster"
         article.save()
         assert "on the cluster" in {a.title for a in _cached_list(article)}
-        assert Article.objects.cache().get(pk=article.pk).title == "on the cluster"
+        for _ in range(3):
+            assert Article.objects.cache().get(pk=article.pk).title == "on the cluster"
         get_gateway().close()
 
 

@@ -352,3 +352,42 @@ async def test_async_gateway_through_a_sentinel_alias(sentinel: PrivateSentinel)
         assert await gw.arun_script(INCR_BY_ARG, [key], [2], None) == 2
         assert await gw.arun(lambda c: c.get(key), None) == b"2"
         await gw.aclose()
+
+
+# -- commands straight to a pooled connection ---------------------------------------------
+
+
+def test_a_direct_command_answers_as_redis_py_and_keeps_its_connection() -> None:
+    from redis.exceptions import NoScriptError
+
+    from django_perfkit.redis.scripts import command
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    key = f"{KEY_PREFIX}:direct"
+    client.set(key, b"value")
+    try:
+        assert command(client, "MGET", key, f"{key}:none") == client.mget([key, f"{key}:none"])
+        with pytest.raises(NoScriptError):
+            command(client, "EVALSHA", "0" * 40, 0)  # a whole error reply
+        (connection,) = client.connection_pool._available_connections
+        assert connection._sock is not None  # still in step: handed out again
+        assert command(client, "MGET", key) == [b"value"]
+    finally:
+        client.delete(key)
+        client.close()
+
+
+def test_a_direct_command_that_times_out_drops_its_connection() -> None:
+    from django_perfkit.redis.scripts import command
+
+    hole = BlackHole()
+    client = redis.Redis.from_url(hole.url, socket_timeout=0.05, socket_connect_timeout=0.5)
+    try:
+        with pytest.raises(redis.exceptions.TimeoutError):
+            command(client, "MGET", "a")
+        # Its reply may still arrive: the connection must never answer another call.
+        connections = client.connection_pool._available_connections
+        assert connections and all(c._sock is None for c in connections)
+    finally:
+        client.close()
+        hole.close()

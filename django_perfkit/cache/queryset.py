@@ -21,9 +21,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from asgiref.sync import sync_to_async
+from django.conf import settings as django_settings
 from django.core.exceptions import EmptyResultSet, SynchronousOnlyOperation
 from django.db import connections, models
 from django.db.models.query import MAX_GET_RESULTS
+from django.utils import timezone
 
 from django_perfkit.cache import analysis, entries
 from django_perfkit.conf import get_settings
@@ -63,6 +65,11 @@ class CachedQuerySetMixin(_Base):
     """
 
     _perfkit_cache: _Options | str | None = None
+    #: True only on the queryset ``CachedManager.cache()`` just made: its query is
+    #: the model's unfiltered default, so its entries are named by the model,
+    #: the queryset class and the call (``get(pk=42)``), without building or
+    #: pickling a query. Any chained method returns a clone, which is False.
+    _perfkit_pristine: bool = False
 
     # -- the public API ---------------------------------------------------------
 
@@ -97,6 +104,16 @@ class CachedQuerySetMixin(_Base):
                 "database; drop .cache() or select_for_update()"
             )
         return _Options(timeout, key)
+
+    @classmethod
+    def as_manager(cls) -> Any:
+        """A manager for this queryset class whose ``cache()`` is ``CachedManager``'s
+        (no clone, and its queryset named by the model: see ``_perfkit_pristine``)."""
+        manager = CachedManager.from_queryset(cls)()
+        manager._built_with_as_manager = True
+        return manager
+
+    as_manager.queryset_only = True  # type: ignore[attr-defined]
 
     def nocache(self) -> Any:
         """Opt this queryset out (also out of ``PERFKIT["CACHE"]["MODELS"]``)."""
@@ -174,6 +191,14 @@ class CachedQuerySetMixin(_Base):
                 f"k:{self.model._meta.label_lower}:{options.key}:{kind}:{extra}:{shape}:"
                 f"{query.low_mark}:{query.high_mark}"
             )
+        elif self._perfkit_pristine:
+            # Model.objects.cache() itself: the model's default query, which only
+            # the model and the queryset class decide (the alias is in the key).
+            cls = type(self)
+            name = (
+                f"p:{self.model._meta.label_lower}:{cls.__module__}.{cls.__qualname__}:"
+                f"{kind}:{extra}"
+            )
         else:
             state = analysis.fingerprint(self)
             if state is None:
@@ -227,20 +252,33 @@ class CachedQuerySetMixin(_Base):
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         options = self._perfkit_cache
-        if isinstance(options, _Options) and options.key is not None and not self.query.combinator:
-            # An explicit key names the entry without the query: a hit needs no
-            # filtering, cloning or compiling at all.
-            source = functools.partial(self.filter, *args, **kwargs)
-            extra = _call_extra(args, kwargs)
-            lookup = None if extra is None else self._perfkit_lookup("get", extra, source=source)
+        if isinstance(options, _Options) and (
+            (options.key is not None and not self.query.combinator) or self._perfkit_pristine
+        ):
+            # An explicit key, or Model.objects.cache() itself, names the entry
+            # without the filtered query: a hit needs no filtering, cloning,
+            # pickling or compiling at all. The entry holds the rows get()
+            # reads (up to MAX_GET_RESULTS), so that "no such row" is cached
+            # too, until a row that matches is written.
+            lookup = self._perfkit_get_lookup(args, kwargs)
             if lookup is not None:
                 # Cloned only on a miss: a hit never runs it.
-                uncached = functools.partial(_uncached_get, self, args, kwargs)
-                return entries.get(lookup, uncached)
+                rows = entries.get(lookup, functools.partial(_get_rows, self, args, kwargs))
+                return _one(self.model, rows)
             # The key names get()'s own entry, never the filtered rows': without
             # the shortcut, the rows are named by their query.
             return self._perfkit_without_key(options).get(*args, **kwargs)
         return super().get(*args, **kwargs)
+
+    def _perfkit_get_lookup(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> entries.Lookup | None:
+        """The entry of a keyed (or pristine) ``get()``'s rows, named by the call."""
+        extra = _call_extra(args, kwargs)
+        if extra is None:
+            return None
+        source = functools.partial(_get_clone, self, args, kwargs)
+        return self._perfkit_lookup("rows", f"get/{extra}", source=source)
 
     def _perfkit_without_key(self, options: _Options) -> Any:
         clone = _private(self)._chain()
@@ -307,13 +345,20 @@ class CachedQuerySetMixin(_Base):
             # A subclass's own get() (a soft-delete filter, say) must run.
             return await sync_to_async(self.get)(*args, **kwargs)
         options = self._perfkit_cache
-        if isinstance(options, _Options) and options.key is not None and not self.query.combinator:
-            source = functools.partial(self.filter, *args, **kwargs)
+        if isinstance(options, _Options) and (
+            (options.key is not None and not self.query.combinator) or self._perfkit_pristine
+        ):
             extra = _call_extra(args, kwargs)
-            lookup = None if extra is None else await self._perfkit_alookup("get", extra, source)
+            lookup = (
+                None
+                if extra is None
+                else await self._perfkit_alookup(
+                    "rows", f"get/{extra}", functools.partial(_get_clone, self, args, kwargs)
+                )
+            )
             if lookup is not None:
-                uncached = sync_to_async(functools.partial(_uncached_get, self, args, kwargs))
-                return await entries.aget(lookup, uncached)
+                compute = sync_to_async(functools.partial(_get_rows, self, args, kwargs))
+                return _one(self.model, await entries.aget(lookup, compute))
             return await self._perfkit_without_key(options).aget(*args, **kwargs)
         if self.query.combinator and (args or kwargs):
             return await super().aget(*args, **kwargs)
@@ -325,19 +370,7 @@ class CachedQuerySetMixin(_Base):
         if not clone.query.select_for_update:
             clone.query.set_limits(high=MAX_GET_RESULTS)
         await clone._perfkit_afetch_all()
-        rows = clone._result_cache
-        if len(rows) == 1:
-            return rows[0]
-        if not rows:
-            raise self.model.DoesNotExist(
-                f"{self.model._meta.object_name} matching query does not exist."
-            )
-        raise self.model.MultipleObjectsReturned(
-            "get() returned more than one {} -- it returned {}!".format(
-                self.model._meta.object_name,
-                len(rows) if len(rows) < MAX_GET_RESULTS else f"more than {MAX_GET_RESULTS - 1}",
-            )
-        )
+        return _one(self.model, clone._result_cache)
 
     async def afirst(self) -> Any:
         """``first()``, with a hit answered on the event loop."""
@@ -383,8 +416,33 @@ class CachedQuerySetMixin(_Base):
         return await super().aaggregate(*args, **kwargs)
 
 
-def _uncached_get(queryset: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return queryset.nocache().get(*args, **kwargs)
+def _get_clone(queryset: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The queryset Django's ``get()`` evaluates: filtered, unordered, at most
+    ``MAX_GET_RESULTS`` rows (never a combinator or ``select_for_update()``
+    queryset here)."""
+    clone = queryset.filter(*args, **kwargs)
+    if queryset.query.can_filter() and not queryset.query.distinct_fields:
+        clone = clone.order_by()
+    clone.query.set_limits(high=MAX_GET_RESULTS)
+    return clone
+
+
+def _get_rows(queryset: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+    return list(_get_clone(queryset.nocache(), args, kwargs))
+
+
+def _one(model: Any, rows: list[Any]) -> Any:
+    """``get()``'s answer from the rows it read."""
+    if len(rows) == 1:
+        return rows[0]
+    if not rows:
+        raise model.DoesNotExist(f"{model._meta.object_name} matching query does not exist.")
+    raise model.MultipleObjectsReturned(
+        "get() returned more than one {} -- it returned {}!".format(
+            model._meta.object_name,
+            len(rows) if len(rows) < MAX_GET_RESULTS else f"more than {MAX_GET_RESULTS - 1}",
+        )
+    )
 
 
 def _private(queryset: Any) -> Any:
@@ -401,13 +459,21 @@ def _call_extra(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
         try:
             text = ",".join([f"{name}={value!r}" for name, value in sorted(kwargs.items())])
         except ValueError:  # an int longer than sys.get_int_max_str_digits()
-            return analysis.call_state(args, sorted(kwargs.items()))
+            return analysis.call_state(args, sorted(kwargs.items()), _time_zone())
+        if "__" in text:
+            # A lookup (published_at__date=...) may be computed in the active
+            # time zone: the zone is part of the name. Plain field=value is not.
+            text += f"@{_time_zone()}"
         if len(text) <= 64 and ":" not in text:
             return text
         return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
     # Hashed state, not repr(): a model instance's repr is its __str__, which
     # need not be unique; an expression's repr leaves out some of its arguments.
-    return analysis.call_state(args, sorted(kwargs.items()))
+    return analysis.call_state(args, sorted(kwargs.items()), _time_zone())
+
+
+def _time_zone() -> str:
+    return timezone.get_current_timezone_name() if django_settings.USE_TZ else ""
 
 
 def snapshot_reads(connection: Any) -> bool:
@@ -456,6 +522,7 @@ class CachedManager(models.Manager.from_queryset(CachedQuerySet)):  # type: igno
         # clone less per Model.objects.cache(...) call, on every cache hit.
         queryset = self.get_queryset()
         queryset._perfkit_cache = queryset._perfkit_options(timeout, key)
+        queryset._perfkit_pristine = True
         return queryset
 
 
