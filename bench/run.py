@@ -160,8 +160,12 @@ def main() -> None:
         "How to read these: ratios in brackets are to the uncached query and to the floor. "
         "The floor leaves out what any ORM cache must do before it can ask Redis: build the "
         "queryset (`Item.objects.filter(...)`: the last row) and name the entry. "
-        "`perfkit` names entries by the pickled query state, `perfkit-key` by the name "
-        "given to `.cache(key=...)` (and its `get()` does not build the filtered queryset). "
+        "`perfkit` and `perfkit-key` call `.cache()` first, on the manager "
+        "(`Item.objects.cache().filter(...)`, `Item.objects.cache(key=...).filter(...)`): "
+        "the steps after it are named by their arguments and not built on a hit, so they "
+        "pay no part of the last row. `perfkit-last` builds the whole queryset and calls "
+        "`.cache()` last, as cacheops is used: it pays the last row and names its entries "
+        "by the pickled query state. "
         "A stale read is one that returned a version older than one whose `save()` had "
         "returned before the read began.",
         "",

@@ -1083,3 +1083,104 @@ def test_a_hit_after_the_first_runs_no_script(world: dict, monkeypatch) -> None:
         assert Article.objects.cache().get(pk=article.pk).title == "changed"
     assert (record.cache.misses, record.db.count) == (1, 1)
     assert "cache.store" in scripts
+
+
+# -- steps after .cache() recorded, not built ---------------------------------------------
+
+
+def _chains(world: dict) -> list:
+    news = world["news"]
+    return [
+        lambda qs: qs.filter(category=news),
+        lambda qs: qs.filter(category=news).select_related("author").order_by("-title")[:2],
+        lambda qs: qs.exclude(category=news).order_by("pk")[1:],
+        lambda qs: qs.filter(title__startswith="a").exclude(pk=0),
+        lambda qs: qs.select_related("author", "category").filter(category_id=news.pk),
+        lambda qs: qs.order_by("title")[:3],
+    ]
+
+
+def test_recorded_steps_build_the_query_django_builds(world: dict) -> None:
+    for chain in _chains(world):
+        eager = chain(Article.objects.all())
+        for recorded in (chain(Article.objects.cache()), chain(Article.objects.cache(key="k"))):
+            assert recorded._perfkit_steps  # recorded, not built yet
+            assert str(recorded.query) == str(eager.query)  # built on first use of .query
+            assert not recorded._perfkit_steps
+        for make in (Article.objects.cache, lambda: Article.objects.cache(key="k")):
+            for _ in range(2):
+                assert [a.pk for a in chain(make())] == [a.pk for a in eager]
+                assert chain(make()).count() == eager.count()
+
+
+def test_a_hit_on_recorded_steps_builds_nothing(world: dict, monkeypatch) -> None:
+    from django.db.models.sql.query import Query
+
+    news = world["news"]
+
+    def read() -> tuple[list[int], int]:
+        rows = Article.objects.cache().filter(category=news).select_related("author")[:10]
+        return [a.pk for a in rows], Article.objects.cache(key="n").filter(category=news).count()
+
+    expected = read()
+    built = []
+    add_q = Query.add_q
+
+    def counted(self, q_object):  # type: ignore[no-untyped-def]
+        built.append(q_object)
+        return add_q(self, q_object)
+
+    monkeypatch.setattr(Query, "add_q", counted)
+    with queries() as q:
+        assert read() == expected
+    assert (len(q), built) == (0, [])
+    # Another category is another entry; a write to the first is seen.
+    sport = world["sport"]
+    assert Article.objects.cache().filter(category=sport).count() == 2
+    assert built  # a miss builds its query
+    baker.make(Article, category=news, author=world["author"])
+    assert read()[1] == expected[1] + 1
+    assert len(read()[0]) == len(expected[0]) + 1
+
+
+def test_recorded_steps_name_keyed_entries_too(world: dict) -> None:
+    news, sport = world["news"], world["sport"]
+    # The same key with other filters: other entries (before, the key alone
+    # named them, and the second read got the first one's rows).
+    assert Article.objects.cache(key="by-category").filter(category=news).count() == 3
+    assert Article.objects.cache(key="by-category").filter(category=sport).count() == 2
+
+
+def test_recorded_steps_keep_djangos_errors(world: dict) -> None:
+    from django.core.exceptions import FieldError
+
+    with pytest.raises(TypeError, match="slice has been taken"):
+        Article.objects.cache()[:2].filter(pk=1)
+    with pytest.raises(TypeError, match="slice has been taken"):
+        Article.objects.cache(key="k")[:2].order_by("pk")
+    # A misspelt field is reported when the queryset is first used.
+    qs = Article.objects.cache().filter(no_such_field=1)
+    with pytest.raises(FieldError, match="no_such_field"):
+        list(qs)
+    # Arguments that cannot be named (a lambda) are built at once.
+    with pytest.raises(Exception):  # noqa: B017 (Django's own error, whatever it is)
+        Article.objects.cache().filter(pk=lambda: 1).count()
+    negative = Article.objects.cache()
+    with pytest.raises(ValueError, match="Negative indexing"):
+        negative[-1:]
+
+
+async def test_async_reads_of_recorded_steps_hit_without_building(world: dict) -> None:
+    news = world["news"]
+
+    async def read() -> tuple[list[int], int, int]:
+        rows = [a.pk async for a in Article.objects.cache().filter(category=news)[:10]]
+        count = await Article.objects.cache(key="n").filter(category=news).acount()
+        got = await Article.objects.cache().filter(category=news).aget(pk=rows[0])
+        return rows, count, got.pk
+
+    first = await read()
+    with record_request() as record:
+        again = await read()
+    assert again == first and len(first[0]) == first[1] == 3
+    assert (record.db.count, record.cache.hits, record.cache.misses) == (0, 3, 0)

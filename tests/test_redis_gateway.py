@@ -358,20 +358,40 @@ async def test_async_gateway_through_a_sentinel_alias(sentinel: PrivateSentinel)
 
 
 def test_a_direct_command_answers_as_redis_py_and_keeps_its_connection() -> None:
+    import gc
+    import threading
+
     from redis.exceptions import NoScriptError
 
-    from django_perfkit.redis.scripts import command
+    from django_perfkit.redis.scripts import _kept, command
 
     client = redis.Redis.from_url(settings.REDIS_URL)
+    pool = client.connection_pool
     key = f"{KEY_PREFIX}:direct"
     client.set(key, b"value")
     try:
         assert command(client, "MGET", key, f"{key}:none") == client.mget([key, f"{key}:none"])
+        kept = _kept().box[1]
+        assert kept is not None and kept._sock is not None
         with pytest.raises(NoScriptError):
             command(client, "EVALSHA", "0" * 40, 0)  # a whole error reply
-        (connection,) = client.connection_pool._available_connections
-        assert connection._sock is not None  # still in step: handed out again
+        assert _kept().box[1] is kept  # still in step: kept
         assert command(client, "MGET", key) == [b"value"]
+        assert _kept().box[1] is kept
+        # Closed by the server (a restart, an idle timeout): the next command
+        # goes through on a fresh connection.
+        kept_id = command(client, "CLIENT", "ID")  # on the kept connection
+        socket = kept._sock
+        assert client.client_kill_filter(_id=kept_id) == 1
+        assert command(client, "MGET", key) == [b"value"]
+        assert _kept().box[1]._sock not in (None, socket)
+        assert command(client, "CLIENT", "ID") != kept_id
+        # A thread's kept connection goes back to the pool when the thread ends.
+        other = threading.Thread(target=command, args=(client, "MGET", key))
+        other.start()
+        other.join()
+        gc.collect()
+        assert len(pool._in_use_connections) == 1  # this thread's own
     finally:
         client.delete(key)
         client.close()

@@ -70,6 +70,15 @@ class CachedQuerySetMixin(_Base):
     #: the queryset class and the call (``get(pk=42)``), without building or
     #: pickling a query. Any chained method returns a clone, which is False.
     _perfkit_pristine: bool = False
+    #: Steps (filter, exclude, select_related, order_by, a slice) recorded but
+    #: not yet applied to the query, on a queryset named without its query (an
+    #: explicit key, or the manager's own): a hit never builds them. ``None``:
+    #: steps are applied at once, as Django does. Applied on first access to
+    #: ``.query`` (see :meth:`_perfkit_apply_steps`).
+    _perfkit_steps: tuple[tuple[str, tuple[Any, ...], dict[str, Any]], ...] | None = None
+    #: What the recorded steps add to the entry's name.
+    _perfkit_steps_name: str = ""
+    _perfkit_sliced: bool = False
 
     # -- the public API ---------------------------------------------------------
 
@@ -84,6 +93,8 @@ class CachedQuerySetMixin(_Base):
         options = self._perfkit_options(timeout, key)
         clone = _private(self)._chain()
         clone._perfkit_cache = options
+        if key is not None:
+            clone._perfkit_steps = ()
         return clone
 
     def _perfkit_options(self, timeout: float | None, key: str | None) -> _Options:
@@ -126,7 +137,105 @@ class CachedQuerySetMixin(_Base):
     def _clone(self) -> Any:
         clone = super()._clone()  # type: ignore[misc]
         clone._perfkit_cache = self._perfkit_cache
+        if self._perfkit_steps_name:
+            # An explicit key's entry stays named by the steps recorded so far.
+            clone._perfkit_steps_name = self._perfkit_steps_name
         return clone
+
+    # -- steps recorded, not built (a keyed or the manager's own queryset) -------------
+
+    @property
+    def query(self) -> Any:
+        if self._perfkit_steps:
+            self._perfkit_apply_steps()
+        return _QUERY.fget(self)  # type: ignore[attr-defined]
+
+    @query.setter
+    def query(self, value: Any) -> None:
+        self._perfkit_steps = None
+        _QUERY.fset(self, value)  # type: ignore[attr-defined]
+
+    def _perfkit_apply_steps(self) -> None:
+        """Build the recorded steps into this queryset's query, with Django's own methods."""
+        private = _private(self)
+        built: Any = self.__class__(
+            model=self.model, query=private._query.chain(), using=private._db, hints=private._hints
+        )
+        for name, args, kwargs in self._perfkit_steps or ():
+            if name == "slice":
+                built = built[args[0] : args[1]]
+            else:
+                built = getattr(built, name)(*args, **kwargs)
+        # Only once every step is built: a step that raises (a misspelt field)
+        # raises again on the next use, and never leaves a query without it.
+        private._query = built._query
+        self._perfkit_steps = None
+
+    def _perfkit_record(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A queryset with the step recorded, or ``None`` when it must be built now."""
+        steps = self._perfkit_steps
+        private = _private(self)
+        if (
+            steps is None
+            or self._perfkit_sliced
+            or private._sticky_filter
+            or private._defer_next_filter
+            or private._fields is not None
+            or private._query.is_sliced
+            or private._query.combinator
+        ):
+            return None
+        if name == "slice":
+            text: str | None = f"{args[0]}-{args[1]}"
+        else:
+            text = _steps_text(args, kwargs)
+            if text is None:
+                return None
+        clone: Any = self.__class__(
+            model=self.model, query=private._query, using=private._db, hints=private._hints
+        )
+        clone._sticky_filter = False
+        clone._for_write = private._for_write
+        clone._prefetch_related_lookups = private._prefetch_related_lookups
+        clone._known_related_objects = private._known_related_objects
+        clone._iterable_class = private._iterable_class
+        clone._fields = private._fields
+        clone._perfkit_cache = self._perfkit_cache
+        clone._perfkit_pristine = self._perfkit_pristine
+        clone._perfkit_steps = (*steps, (name, args, kwargs))
+        clone._perfkit_steps_name = f"{self._perfkit_steps_name}|{name}({text})"
+        clone._perfkit_sliced = name == "slice"
+        return clone
+
+    def filter(self, *args: Any, **kwargs: Any) -> Any:
+        recorded = self._perfkit_record("filter", args, kwargs)
+        return recorded if recorded is not None else super().filter(*args, **kwargs)
+
+    def exclude(self, *args: Any, **kwargs: Any) -> Any:
+        recorded = self._perfkit_record("exclude", args, kwargs)
+        return recorded if recorded is not None else super().exclude(*args, **kwargs)
+
+    def select_related(self, *fields: Any) -> Any:
+        recorded = self._perfkit_record("select_related", fields, {})
+        return recorded if recorded is not None else super().select_related(*fields)
+
+    def order_by(self, *field_names: Any) -> Any:
+        recorded = self._perfkit_record("order_by", field_names, {})
+        return recorded if recorded is not None else super().order_by(*field_names)
+
+    def __getitem__(self, k: Any) -> Any:
+        if (
+            self._perfkit_steps is not None
+            and type(k) is slice
+            and k.step is None
+            and self._result_cache is None
+            and (k.start is None or (type(k.start) is int and k.start >= 0))
+            and (k.stop is None or (type(k.stop) is int and k.stop >= 0))
+        ):
+            recorded = self._perfkit_record("slice", (k.start, k.stop), {})
+            if recorded is not None:
+                return recorded
+        return super().__getitem__(k)
 
     def _perfkit_lookup(
         self, kind: str, extra: str = "", source: Callable[[], Any] | None = None
@@ -150,7 +259,7 @@ class CachedQuerySetMixin(_Base):
             options = _Options(model_timeout, None)
         assert isinstance(options, _Options)
         private = _private(self)
-        if private._for_write or self.query.select_for_update:
+        if private._for_write or private._query.select_for_update:
             return None
         if private._known_related_objects:
             # A related manager's queryset (category.articles.all()) hands its
@@ -185,19 +294,21 @@ class CachedQuerySetMixin(_Base):
                     return None
         if options.key is not None:
             # The key names the query; what it is evaluated as is added here.
-            query = self.query
+            # Steps recorded after .cache(key=...) are named, not built.
+            query = private._query
             shape = f"{private._iterable_class.__qualname__}:{private._fields}"
             name = (
                 f"k:{self.model._meta.label_lower}:{options.key}:{kind}:{extra}:{shape}:"
-                f"{query.low_mark}:{query.high_mark}"
+                f"{query.low_mark}:{query.high_mark}{self._perfkit_steps_name}"
             )
         elif self._perfkit_pristine:
             # Model.objects.cache() itself: the model's default query, which only
-            # the model and the queryset class decide (the alias is in the key).
+            # the model and the queryset class decide (the alias is in the key),
+            # plus the steps recorded on it since.
             cls = type(self)
             name = (
                 f"p:{self.model._meta.label_lower}:{cls.__module__}.{cls.__qualname__}:"
-                f"{kind}:{extra}"
+                f"{kind}:{extra}{self._perfkit_steps_name}"
             )
         else:
             state = analysis.fingerprint(self)
@@ -253,7 +364,8 @@ class CachedQuerySetMixin(_Base):
     def get(self, *args: Any, **kwargs: Any) -> Any:
         options = self._perfkit_cache
         if isinstance(options, _Options) and (
-            (options.key is not None and not self.query.combinator) or self._perfkit_pristine
+            (options.key is not None and not _private(self)._query.combinator)
+            or self._perfkit_pristine
         ):
             # An explicit key, or Model.objects.cache() itself, names the entry
             # without the filtered query: a hit needs no filtering, cloning,
@@ -346,7 +458,8 @@ class CachedQuerySetMixin(_Base):
             return await sync_to_async(self.get)(*args, **kwargs)
         options = self._perfkit_cache
         if isinstance(options, _Options) and (
-            (options.key is not None and not self.query.combinator) or self._perfkit_pristine
+            (options.key is not None and not _private(self)._query.combinator)
+            or self._perfkit_pristine
         ):
             extra = _call_extra(args, kwargs)
             lookup = (
@@ -472,6 +585,25 @@ def _call_extra(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     return analysis.call_state(args, sorted(kwargs.items()), _time_zone())
 
 
+def _steps_text(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """A recorded step's arguments in the entry's name (``None``: cannot be named)."""
+    if all(type(a) is int or type(a) is str for a in args) and all(
+        type(v) is int or type(v) is str for v in kwargs.values()
+    ):
+        try:
+            text = ",".join(
+                [*[repr(a) for a in args], *[f"{n}={v!r}" for n, v in sorted(kwargs.items())]]
+            )
+        except ValueError:  # an int longer than sys.get_int_max_str_digits()
+            return analysis.call_state(args, sorted(kwargs.items()), _time_zone())
+        if "__" in text:
+            text += f"@{_time_zone()}"  # a lookup may depend on the time zone
+        if len(text) <= 64:
+            return text
+        return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+    return analysis.call_state(args, sorted(kwargs.items()), _time_zone())
+
+
 def _time_zone() -> str:
     return timezone.get_current_timezone_name() if django_settings.USE_TZ else ""
 
@@ -523,7 +655,9 @@ class CachedManager(models.Manager.from_queryset(CachedQuerySet)):  # type: igno
         queryset = self.get_queryset()
         queryset._perfkit_cache = queryset._perfkit_options(timeout, key)
         queryset._perfkit_pristine = True
+        queryset._perfkit_steps = ()
         return queryset
 
 
 _new_queryset = models.Manager.get_queryset
+_QUERY = models.QuerySet.query
