@@ -13,7 +13,10 @@ private Redis, with the same tables and data (``bench/cacheapp``: 2,000 items in
   ``.cache()`` first (``Item.objects.cache().filter(...)...``), so that a hit
   names the steps after it without building them; ``perfkit-key`` names its
   entries (``.cache(key=...)``); ``perfkit-last`` builds the whole queryset
-  and calls ``.cache()`` last. perfkit's three and the floor take turns call
+  and calls ``.cache()`` last. The floor's GET goes through redis-py's client;
+  perfkit sends its commands on a connection each thread keeps, without
+  redis-py's per-call machinery, so the floor's GET sent that way is shown
+  too. perfkit's three and the floors take turns call
   by call in one process, with Django building the same querysets (what any
   ORM cache pays before it can look), so that the drift of a loopback round
   trip on this machine (tens of µs from one minute to the next) moves them
@@ -74,7 +77,7 @@ CACHES = ["perfkit", "perfkit-key", "cacheops", "cachalot"]
 IMPLS = ["none", *CACHES]
 #: Timed call by call in turn in one process ("raw" is the floor; "build" Django
 #: building the same querysets, which every ORM cache pays before it can look).
-TOGETHER = ["perfkit", "perfkit-key", "perfkit-last", "raw", "build"]
+TOGETHER = ["perfkit", "perfkit-key", "perfkit-last", "raw", "raw-direct", "build"]
 LATENCY_ROUNDS = 2
 RACE_READERS = 3
 
@@ -237,6 +240,11 @@ def table(results: dict[str, Any]) -> str:
         f"| floor (Redis GET + unpickle) | {_f(floor.get('get_us'))} "
         f"({_f(floor.get('get_bytes'))} B) | {_f(floor.get('list_us'))} "
         f"({_f(floor.get('list_bytes'))} B) | {_f(floor.get('count_us'))} | | | |"
+    )
+    direct = lat.get("raw-direct", {})
+    lines.append(
+        f"| floor's GET on a kept connection (perfkit's path) | {_f(direct.get('get_us'))} "
+        f"| {_f(direct.get('list_us'))} | {_f(direct.get('count_us'))} | | | |"
     )
     lines.append(
         f"| building the queryset (Django, not run) | {_f(build.get('get_us'))} "

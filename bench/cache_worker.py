@@ -7,7 +7,8 @@ one JSON object.
     python bench/cache_worker.py IMPL SCENARIO PG_PORT REDIS_URL [ROLE]
 
 IMPL: none, perfkit, perfkit-key (explicit keys), perfkit-last (.cache() called last, on the
-built queryset), cacheops, cachalot, raw (the floor:
+built queryset), cacheops, cachalot, raw-direct (the floor's GET on a kept connection),
+raw (the floor:
 Redis GET + unpickle of the same payload), build (Django building the querysets, not run)
 SCENARIO: seed, latency, latency-together (IMPLS comma-separated in ROLE; perfkit's
 settings and IMPL's database), hitratio, race, stampede, memory
@@ -164,6 +165,8 @@ def _reads(impl: str, pks: list[int], cats: list[int]) -> dict[str, Callable[[in
 
     if impl == "raw":
         return _floor_reads(pks, cats)
+    if impl == "raw-direct":
+        return _floor_reads(pks, cats, direct=True)
     if impl == "build":
         return _builds(pks, cats)
 
@@ -272,7 +275,11 @@ def latency_together(impls: list[str]) -> dict[str, Any]:
     for impl in impls:
         if impl == "raw":
             results[impl].update(_floor_sizes())
-        elif impl not in ("build", "perfkit-last"):  # perfkit-last's saves are perfkit's
+        elif impl not in (
+            "build",
+            "perfkit-last",
+            "raw-direct",
+        ):  # perfkit-last's saves are perfkit's
             results[impl].update(_saves(cats))
     return results
 
@@ -322,10 +329,18 @@ def _redis_commands() -> int:
 _floor_payloads: dict[str, list[bytes]] = {}
 
 
-def _floor_reads(pks: list[int], cats: list[int]) -> dict[str, Callable[[int], Any]]:
-    """Redis GET + unpickle of the same payloads perfkit stores (the floor)."""
+def _floor_reads(
+    pks: list[int], cats: list[int], direct: bool = False
+) -> dict[str, Callable[[int], Any]]:
+    """Redis GET + unpickle of the same payloads perfkit stores (the floor).
+
+    ``direct``: the GET sent as perfkit sends its commands, on a connection
+    the thread keeps, without redis-py's per-call machinery.
+    """
     import redis
     from cacheapp.models import Item
+
+    from django_perfkit.redis.scripts import command
 
     client = redis.Redis.from_url(REDIS_URL)
     _floor_payloads.update(
@@ -345,6 +360,12 @@ def _floor_reads(pks: list[int], cats: list[int]) -> dict[str, Callable[[int], A
 
         def read(i: int, name: str = name, size: int = len(values)) -> Any:
             return pickle.loads(client.get(f"bench:floor:{name}:{i % size}"))
+
+        def read_direct(i: int, name: str = name, size: int = len(values)) -> Any:
+            return pickle.loads(command(client, "GET", f"bench:floor:{name}:{i % size}"))
+
+        if direct:
+            read = read_direct
 
         reads[name] = read
     return reads

@@ -165,7 +165,10 @@ def main() -> None:
         "the steps after it are named by their arguments and not built on a hit, so they "
         "pay no part of the last row. `perfkit-last` builds the whole queryset and calls "
         "`.cache()` last, as cacheops is used: it pays the last row and names its entries "
-        "by the pickled query state. "
+        "by the pickled query state. The floor is redis-py's own `GET`; perfkit sends its "
+        "commands on a connection each thread keeps, without redis-py's per-call machinery "
+        "(retries, observability hooks, the pool's checkout), which is why it can come in "
+        "under that floor: the row below it is the floor's `GET` sent the same way. "
         "A stale read is one that returned a version older than one whose `save()` had "
         "returned before the read began.",
         "",

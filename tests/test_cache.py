@@ -1184,3 +1184,126 @@ async def test_async_reads_of_recorded_steps_hit_without_building(world: dict) -
         again = await read()
     assert again == first and len(first[0]) == first[1] == 3
     assert (record.db.count, record.cache.hits, record.cache.misses) == (0, 3, 0)
+
+
+# -- found in review: recorded steps -------------------------------------------------------
+
+
+def test_a_keyed_queryset_changed_after_its_steps_are_built_is_named_by_its_query(
+    world: dict,
+) -> None:
+    news, sport = world["news"], world["sport"]
+    author = baker.make(Author)
+    baker.make(Article, category=news, author=author)
+    qs = Article.objects.cache(key="articles").filter(category=news)
+    assert qs.count() == 4  # a miss: the steps are built into qs's query
+    assert qs.filter(author=author).count() == 1  # recorded on the built query
+    assert qs.filter(author=world["author"]).count() == 3
+    # Methods that are not recorded drop the key: the query names the entry.
+    for category, n in ((news, 4), (sport, 2)):
+        for _ in range(2):
+            rows = Article.objects.cache(key="k").prefetch_related("tags").filter(category=category)
+            assert len(rows) == n
+
+
+def test_a_query_set_by_hand_is_named_by_itself(world: dict) -> None:
+    import pickle
+
+    list(Article.objects.cache())  # the manager's own entry: every article
+    for make in (Article.objects.cache, lambda: Article.objects.cache(key="all")):
+        qs = make()
+        qs.query = pickle.loads(pickle.dumps(Article.objects.filter(category=world["sport"]).query))
+        assert {a.category_id for a in qs} == {world["sport"].pk}
+
+
+def test_building_the_steps_twice_gives_the_same_query(world: dict) -> None:
+    qs = Article.objects.cache().filter(category=world["news"]).order_by("pk")[1:3]
+    steps = qs._perfkit_steps
+    once = str(qs.query)
+    # As if another thread had read the steps before this one reset them.
+    qs._perfkit_steps = steps
+    assert str(qs.query) == once
+    expected = Article.objects.filter(category=world["news"]).order_by("pk")[1:3]
+    assert [a.pk for a in qs] == [a.pk for a in expected]
+
+
+def test_a_queryset_argument_is_named_without_running_it(world: dict) -> None:
+    news = world["news"]
+
+    def count() -> int:
+        ids = Article.objects.filter(category=news).values("id")
+        return Article.objects.cache().filter(id__in=ids).count()
+
+    assert count() == 3
+    with queries() as q:
+        assert count() == 3
+    assert len(q) == 0
+    baker.make(Article, category=news, author=world["author"])
+    assert count() == 4
+
+
+def test_a_lazy_string_is_named_by_its_text_now() -> None:
+    from django.utils.functional import lazy
+
+    from django_perfkit.cache.queryset import _steps_text
+
+    text = ["first"]
+    value = lazy(lambda: text[0], str)()
+    before = _steps_text((), {"name": value})
+    text[0] = "second"
+    assert _steps_text((), {"name": value}) != before
+
+
+def test_a_librarys_own_as_manager_comes_first() -> None:
+    from django.db import models as dj
+
+    class LibraryManager(dj.Manager):  # type: ignore[type-arg]
+        pass
+
+    class LibraryQuerySet(dj.QuerySet):  # type: ignore[type-arg]
+        @classmethod
+        def as_manager(cls):  # type: ignore[no-untyped-def]
+            return LibraryManager.from_queryset(cls)()
+
+    class Mine(CachedQuerySetMixin, LibraryQuerySet):
+        pass
+
+    assert isinstance(Mine.as_manager(), LibraryManager)
+    from django_perfkit.cache import CachedManager
+
+    assert isinstance(CachedQuerySet.as_manager(), CachedManager)
+
+
+def test_an_async_hit_under_wsgi_opens_no_client_per_call(world: dict, monkeypatch) -> None:
+    from asgiref.sync import async_to_sync
+
+    from django_perfkit.redis import gateway as gateway_module
+
+    news = world["news"]
+
+    async def read() -> int:
+        return await Article.objects.cache().filter(category=news).acount()
+
+    def in_a_thread() -> list[int]:
+        try:
+            return [async_to_sync(read)() for _ in range(3)]
+        finally:
+            connections.close_all()  # a miss queried from this thread
+
+    results: list[list[int]] = []
+    built = []
+    build = gateway_module._build_async_client
+
+    def counted(*args):  # type: ignore[no-untyped-def]
+        built.append(1)
+        return build(*args)
+
+    worker = threading.Thread(target=lambda: results.append(in_a_thread()))
+    worker.start()
+    worker.join()
+    monkeypatch.setattr(gateway_module, "_build_async_client", counted)
+    worker = threading.Thread(target=lambda: results.append(in_a_thread()))
+    worker.start()
+    worker.join()
+    assert results == [[3, 3, 3], [3, 3, 3]]
+    assert built == []

@@ -28,6 +28,7 @@ from django.db.models.options import Options
 from django.db.models.sql.query import Query
 from django.db.models.sql.where import AND, ExtraWhere
 from django.utils import timezone
+from django.utils.functional import Promise
 from django.utils.tree import Node
 
 from django_perfkit.versions.tokens import Tokens
@@ -104,6 +105,14 @@ class _StatePickler(pickle.Pickler):
             kind = _KINDS[cls] = _kind_of(cls)
         if kind is _Kind.OTHER:
             return NotImplemented  # fields, models: their own (by-reference) pickling
+        if kind is _Kind.QUERYSET:
+            # A queryset among the arguments (filter(id__in=other)): by its
+            # query, never by pickling it, which would run it.
+            return (cls, ("queryset", _queryset_state(obj)))
+        if kind is _Kind.PROMISE:
+            # gettext_lazy("Red"): by the text it has now, in the active
+            # language, as the query will use it.
+            return (str, (str(obj),))
         if kind is _Kind.REL:
             # Shared by every query through the relation, and it caches
             # (many_to_many, cache_name...): named by its field instead.
@@ -130,12 +139,18 @@ class _Kind(enum.Enum):
     QUERY = 3
     EXPRESSION = 4
     FIELD = 5
+    QUERYSET = 6
+    PROMISE = 7
 
 
 _KINDS: dict[type, _Kind] = {}
 
 
 def _kind_of(cls: type) -> _Kind:
+    if issubclass(cls, models.QuerySet):
+        return _Kind.QUERYSET
+    if issubclass(cls, Promise):
+        return _Kind.PROMISE
     if issubclass(cls, ForeignObjectRel):
         return _Kind.REL
     if issubclass(cls, Options):

@@ -679,7 +679,13 @@ async def aget(lookup: Lookup, compute: Callable[[], Awaitable[Any]]) -> Any:
         raw = _UNREAD
         if tokens is not None:
             keys = [entry, *tokens]
-            raw = valid_payload(await gateway.arun(functools.partial(_amget, keys), None), tokens)
+            if gateway.short_lived_loop():
+                # An async view under WSGI: a loop per request, where an async
+                # client would connect per call (see RedisGateway.arun_script).
+                reply = gateway.run(functools.partial(_mget, keys), None)
+            else:
+                reply = await gateway.arun(functools.partial(_amget, keys), None)
+            raw = valid_payload(reply, tokens)
         if raw is _UNREAD:
             raw = _learn(entry, await gateway.arun_script(READ, [entry], _WHOLE, None))
         value, raw = _hit(lookup, raw, started)

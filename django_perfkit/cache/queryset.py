@@ -78,6 +78,9 @@ class CachedQuerySetMixin(_Base):
     _perfkit_steps: tuple[tuple[str, tuple[Any, ...], dict[str, Any]], ...] | None = None
     #: What the recorded steps add to the entry's name.
     _perfkit_steps_name: str = ""
+    #: The query the steps are recorded on, never changed: building the steps
+    #: again (two threads sharing a queryset at class level) gives the same query.
+    _perfkit_base: Any = None
     _perfkit_sliced: bool = False
 
     # -- the public API ---------------------------------------------------------
@@ -120,6 +123,9 @@ class CachedQuerySetMixin(_Base):
     def as_manager(cls) -> Any:
         """A manager for this queryset class whose ``cache()`` is ``CachedManager``'s
         (no clone, and its queryset named by the model: see ``_perfkit_pristine``)."""
+        parent = super().as_manager
+        if parent.__func__ is not _DJANGO_AS_MANAGER:  # type: ignore[attr-defined]
+            return parent()  # a library's own manager (a tree's, say) comes first
         manager = CachedManager.from_queryset(cls)()
         manager._built_with_as_manager = True
         return manager
@@ -136,10 +142,13 @@ class CachedQuerySetMixin(_Base):
 
     def _clone(self) -> Any:
         clone = super()._clone()  # type: ignore[misc]
-        clone._perfkit_cache = self._perfkit_cache
-        if self._perfkit_steps_name:
-            # An explicit key's entry stays named by the steps recorded so far.
-            clone._perfkit_steps_name = self._perfkit_steps_name
+        options = self._perfkit_cache
+        if isinstance(options, _Options) and options.key is not None:
+            # Cloned by a method that is not recorded (annotate(), values(),
+            # prefetch_related()...): the key and the recorded steps no longer
+            # say what the query is, so the clone is named by its query.
+            options = _Options(options.timeout, None)
+        clone._perfkit_cache = options
         return clone
 
     # -- steps recorded, not built (a keyed or the manager's own queryset) -------------
@@ -152,24 +161,38 @@ class CachedQuerySetMixin(_Base):
 
     @query.setter
     def query(self, value: Any) -> None:
+        # Another query: neither the manager's own nor what the key names.
         self._perfkit_steps = None
+        self._perfkit_steps_name = ""
+        self._perfkit_pristine = False
+        options = self._perfkit_cache
+        if isinstance(options, _Options) and options.key is not None:
+            self._perfkit_cache = _Options(options.timeout, None)
         _QUERY.fset(self, value)  # type: ignore[attr-defined]
 
     def _perfkit_apply_steps(self) -> None:
         """Build the recorded steps into this queryset's query, with Django's own methods."""
+        steps = self._perfkit_steps
         private = _private(self)
         built: Any = self.__class__(
-            model=self.model, query=private._query.chain(), using=private._db, hints=private._hints
+            model=self.model,
+            query=self._perfkit_base.chain(),
+            using=private._db,
+            hints=private._hints,
         )
-        for name, args, kwargs in self._perfkit_steps or ():
+        for name, args, kwargs in steps or ():
+            # The methods after this mixin's: a subclass's own filter() ran
+            # when the step was recorded, with the arguments recorded.
+            following: Any = super(CachedQuerySetMixin, built)
             if name == "slice":
-                built = built[args[0] : args[1]]
+                built = following.__getitem__(slice(args[0], args[1]))
             else:
-                built = getattr(built, name)(*args, **kwargs)
+                built = getattr(following, name)(*args, **kwargs)
         # Only once every step is built: a step that raises (a misspelt field)
         # raises again on the next use, and never leaves a query without it.
+        # Steps recorded from now on are recorded on the query built here.
         private._query = built._query
-        self._perfkit_steps = None
+        self._perfkit_steps = ()
 
     def _perfkit_record(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A queryset with the step recorded, or ``None`` when it must be built now."""
@@ -191,9 +214,13 @@ class CachedQuerySetMixin(_Base):
             text = _steps_text(args, kwargs)
             if text is None:
                 return None
+        # Recorded on the same base as this queryset's own steps (not on its
+        # query, which another thread may be building them into now).
+        base = self._perfkit_base if steps else private._query
         clone: Any = self.__class__(
-            model=self.model, query=private._query, using=private._db, hints=private._hints
+            model=self.model, query=base, using=private._db, hints=private._hints
         )
+        clone._perfkit_base = base
         clone._sticky_filter = False
         clone._for_write = private._for_write
         clone._prefetch_related_lookups = private._prefetch_related_lookups
@@ -294,8 +321,9 @@ class CachedQuerySetMixin(_Base):
                     return None
         if options.key is not None:
             # The key names the query; what it is evaluated as is added here.
-            # Steps recorded after .cache(key=...) are named, not built.
-            query = private._query
+            # Steps recorded after .cache(key=...) are named, not built: the
+            # marks are the base's, before or after the steps are built.
+            query = self._perfkit_base if self._perfkit_base is not None else private._query
             shape = f"{private._iterable_class.__qualname__}:{private._fields}"
             name = (
                 f"k:{self.model._meta.label_lower}:{options.key}:{kind}:{extra}:{shape}:"
@@ -661,3 +689,4 @@ class CachedManager(models.Manager.from_queryset(CachedQuerySet)):  # type: igno
 
 _new_queryset = models.Manager.get_queryset
 _QUERY = models.QuerySet.query
+_DJANGO_AS_MANAGER = models.QuerySet.as_manager.__func__  # type: ignore[attr-defined]

@@ -145,6 +145,9 @@ class QueryCollector:
         except TypeError:  # a list among the parameters (a PostgreSQL array)
             params_hash = _params_hash(params)
         alias = context["connection"].alias
+        kept_params = None if settings.hide_sql_params else params
+        # The EXPLAIN threshold: every query when the record asks for plans.
+        explain_at = 0.0 if record.explain else settings.indexes.explain_seconds
         failed = True
         start = time.perf_counter()
         try:
@@ -181,7 +184,7 @@ class QueryCollector:
                             duration,
                             site,
                             params_hash,
-                            None if settings.hide_sql_params else params,
+                            kept_params,
                             many,
                             failed,
                         ),
@@ -189,11 +192,7 @@ class QueryCollector:
                 )
             else:
                 stats.dropped += 1
-            if (
-                not failed
-                and not many
-                and (record.explain or duration >= settings.indexes.explain_seconds)
-            ):
+            if duration >= explain_at and not failed and not many:
                 _advise(record, context["connection"], sql, params, site)
 
 

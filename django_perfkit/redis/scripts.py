@@ -142,10 +142,14 @@ class _Kept:
         if connection is None:
             return None
         box[1] = None
-        if box[0] is pool and box[2] == pid:
+        if box[0] is pool and box[2] == pid and pool.owns_connection(connection):
+            # owns_connection(): a Sentinel pool's compares the connection's
+            # server with the master it knows now (a failover since).
             return connection
         if box[2] == pid:
-            box[0].release(connection)  # from a replaced pool: its owner closes it
+            # From a replaced pool (its owner closed it), or a former master:
+            # the pool's release disconnects what it no longer owns.
+            box[0].release(connection)
         return None  # a fork's parent's: not ours to touch
 
     def keep(self, pool: Any, pid: int, connection: Any) -> None:
