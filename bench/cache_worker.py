@@ -303,7 +303,38 @@ def _saves(cats: list[int]) -> dict[str, Any]:
     saves = WARMUP + 500
     results["save_selects"] = (_counts["select"] - before["select"]) / saves
     results["save_redis_calls"] = (_redis_commands() - redis_before) / saves
+    if os.environ.get("BENCH_IMPL", "").startswith("perfkit"):
+        results.update(_saves_with_and_without_the_hook(save))
     return results
+
+
+def _saves_with_and_without_the_hook(save: Callable[[int], None]) -> dict[str, float]:
+    """The same saves, in this process, with perfkit's write hook (the execute
+    wrapper that bumps the tokens) and without it, call by call in turn: what
+    perfkit adds to a save, with the drift of this machine falling on both."""
+    from django.db import connection
+
+    from django_perfkit.versions.writes import watcher
+
+    wrappers = connection.execute_wrappers
+    samples: dict[bool, list[int]] = {True: [], False: []}
+    for i in range(WARMUP + 500):
+        for hooked in (True, False) if i % 2 else (False, True):
+            if not hooked:
+                wrappers.remove(watcher)
+            try:
+                start = time.perf_counter_ns()
+                save(i)
+                took = time.perf_counter_ns() - start
+            finally:
+                if not hooked:
+                    wrappers.append(watcher)
+            if i >= WARMUP:
+                samples[hooked].append(took)
+    return {
+        "save_hooked_us": statistics.median(samples[True]) / 1000,
+        "save_unhooked_us": statistics.median(samples[False]) / 1000,
+    }
 
 
 _round_trips = [0]
