@@ -11,7 +11,8 @@ built queryset), cacheops, cachalot, raw-direct (the floor's GET on a kept conne
 raw (the floor:
 Redis GET + unpickle of the same payload), build (Django building the querysets, not run)
 SCENARIO: seed, latency, latency-together (IMPLS comma-separated in ROLE; perfkit's
-settings and IMPL's database), hitratio, race, stampede, memory
+settings and IMPL's database), saves (latency's saves alone), hitratio, race, stampede,
+memory
 """
 
 from __future__ import annotations
@@ -561,6 +562,8 @@ def main() -> None:
         result = latency(impl)
     elif scenario == "latency-together":
         result = latency_together(sys.argv[5].split(","))
+    elif scenario == "saves":
+        result = _saves(_keys()[1])
     elif scenario == "hitratio":
         result = hitratio(impl)
     elif scenario == "race":
