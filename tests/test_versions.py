@@ -163,6 +163,15 @@ def test_token_values_are_key_safe() -> None:
     assert token_value("1") != token_value(1)
 
 
+def test_value_tokens_filled_in_from_parameters_are_spelled_as_tokens_value() -> None:
+    # The statement is read once; each execution fills its values into the
+    # recipe's key prefixes, which must give the keys the readers' side names.
+    sql = 'UPDATE "news_article" SET "title" = %s WHERE "news_article"."id" = %s'
+    for pk in (7, "slug 7", 2**70, 7.5):
+        assert T.value(A, "id", pk) in (keys(sql, ("t", pk)) or [])
+    assert T.value(A, "id", 7) == f"{T.base}f:{A}:id:7"
+
+
 def test_set_operations_and_parenthesised_reads_bump_nothing() -> None:
     union = '(SELECT "news_article"."id" FROM "news_article") UNION (SELECT 1)'
     assert keys(union) == []

@@ -39,11 +39,12 @@ entry timeout); an expired token only costs misses.
 
 from __future__ import annotations
 
-import secrets
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from django_perfkit.conf import get_settings
 from django_perfkit.redis import LuaScript, get_gateway
 
 __all__ = [
@@ -76,7 +77,9 @@ return #KEYS
 
 def init_seed() -> str:
     """A random decimal start for tokens created now (12 digits, then the key's index)."""
-    return str(100_000_000_000 + secrets.randbelow(899_999_999_999))
+    # From os.urandom at every call (not a seeded generator, whose state a
+    # forked worker would share with its siblings); 40 bits, reduced to 12 digits.
+    return str(100_000_000_000 + int.from_bytes(os.urandom(5), "big") % 899_999_999_999)
 
 
 class Tokens:
@@ -219,9 +222,7 @@ def _made_good(snapshot: dict[str, int]) -> None:
 
 
 def _bump_epochs(gateway: Any, aliases: Iterable[str]) -> bool:
-    from django_perfkit.conf import get_settings
-
-    ttl = get_settings().cache.token_ttl * 1000
+    ttl = _ttl_ms()
     ok = True
     for alias in aliases:
         keys = [tokens_for(alias).epoch]
@@ -231,8 +232,6 @@ def _bump_epochs(gateway: Any, aliases: Iterable[str]) -> bool:
 
 
 def _ttl_ms() -> int:
-    from django_perfkit.conf import get_settings
-
     return get_settings().cache.token_ttl * 1000
 
 

@@ -44,7 +44,7 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from django_perfkit.versions import announced
-from django_perfkit.versions.tokens import Tokens, bump, tokens_for
+from django_perfkit.versions.tokens import Tokens, bump, token_value, tokens_for
 
 __all__ = [
     "CommitHook",
@@ -196,6 +196,8 @@ class _SlotKey(NamedTuple):
     table: str
     column: str
     position: int
+    #: The token's key up to its value (what :meth:`Tokens.value` puts before it).
+    prefix: str
 
 
 class _RecordingTokens(Tokens):
@@ -203,7 +205,7 @@ class _RecordingTokens(Tokens):
 
     def value(self, table: str, column: str, value: Any) -> Any:
         if isinstance(value, _Slot):
-            return _SlotKey(table, column, value.index)
+            return _SlotKey(table, column, value.index, f"{self.base}f:{table}:{column}:")
         return super().value(table, column, value)
 
 
@@ -247,7 +249,8 @@ def write_keys(tokens: Tokens, sql: str, params: Any, many: bool) -> list[str] |
         else:
             value = params[key.position]
             if value is not None:
-                keys.append(tokens.value(key.table, key.column, value))
+                # Tokens.value(), without its two calls: run for every save.
+                keys.append(key.prefix + (str(value) if type(value) is int else token_value(value)))
     return keys
 
 
