@@ -74,34 +74,30 @@ def command(client: Any, *args: Any) -> Any:
     kept = _kept()
     pid = os.getpid()
     connection = kept.take(pool, pid)
-    if connection is not None:
+    # A kept connection may have gone stale since its last command (Redis
+    # restarted, or closed it as idle): then once more, on a connection from
+    # the pool, as the pool itself would have checked it before handing it out.
+    retry_if_stale = connection is not None
+    if connection is None:
+        connection = pool.get_connection()
+    while True:
         try:
             reply = _round_trip(connection, args)
         except RedisConnectionError:
-            # Kept since its last command, it went stale (Redis restarted,
-            # or closed it as idle): once more, on a connection from the pool,
-            # as the pool itself would have checked it before handing it out.
             pool.release(connection)
+            if not retry_if_stale:
+                raise
+            retry_if_stale = False
+            connection = pool.get_connection()
+            continue
         except NoScriptError:
             kept.keep(pool, pid, connection)
             raise
         except BaseException:
             pool.release(connection)
             raise
-        else:
-            kept.keep(pool, pid, connection)
-            return reply
-    connection = pool.get_connection()
-    try:
-        reply = _round_trip(connection, args)
-    except NoScriptError:
         kept.keep(pool, pid, connection)
-        raise
-    except BaseException:
-        pool.release(connection)
-        raise
-    kept.keep(pool, pid, connection)
-    return reply
+        return reply
 
 
 def _round_trip(connection: Any, args: tuple[Any, ...]) -> Any:
