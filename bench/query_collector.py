@@ -24,7 +24,12 @@ Two measurements:
    (plus one level of Django's wrapper plumbing), with no database time and
    no ORM compilation in it, so the noise of a 200 µs ORM query does not
    drown a 2 µs effect. The probes' own cost, measured without the
-   collector, is subtracted. Median over every query of every round.
+   collector, is subtracted. Median over every query of every round. The
+   call site the collector finds under the probes is checked to be the
+   batch's own line: the outer probe is bench code, which the walk would
+   otherwise take for the project's line and stop at after one frame. Runs
+   published before the collector learnt to skip the frame that calls it
+   did stop there, and so under-counted the walk.
 2. **End to end**: whole batches timed per mode, for scale (the ratio to
    bare Django).
 
@@ -273,8 +278,13 @@ def in_situ(db: str, rounds: int) -> dict[str, Any]:
                             if mode == "idle" or mode == "probe only":
                                 batch()
                             elif mode == "collect":
-                                with record_request():
+                                with record_request() as rec:
                                     batch()
+                                # The walk must go as far as it goes without the
+                                # probes: to the batch's own line, not stop at
+                                # the outer probe (bench code, so "project" code).
+                                site = rec.db.queries[0].site
+                                assert site is not None and site[2] == batch.__name__, site
                             else:
                                 with override_settings(PERFKIT=no_sites), record_request():
                                     batch()

@@ -565,3 +565,6 @@ def reset(**kwargs: Any) -> None:
     from django_perfkit.versions import tokens
 
     tokens.reset_state()
+    from django_perfkit.collectors import db
+
+    db.reset_plan()

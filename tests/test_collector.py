@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
@@ -56,6 +57,74 @@ def test_call_site_is_the_project_line_not_django() -> None:
     source = Path(__file__).read_text().splitlines()[line - 1]
     assert "THIS LINE" in source
     assert "in test_call_site_is_the_project_line_not_django" in query.call_site
+
+
+def _project_wrapper(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+    return execute(sql, params, many, context)  # an execute wrapper in project code
+
+
+def test_an_execute_wrapper_outside_perfkits_is_not_taken_for_the_call_site() -> None:
+    # A wrapper placed in front of perfkit's (this file counts as project code)
+    # calls the collector; the walk skips its caller and finds the line below.
+    connection.execute_wrappers.insert(0, _project_wrapper)
+    try:
+        with record_request() as rec:
+            User.objects.filter(username="x").exists()  # THE QUERY
+    finally:
+        connection.execute_wrappers.remove(_project_wrapper)
+    (query,) = rec.db.queries
+    assert query.site is not None
+    assert query.site[2].startswith("test_an_execute_wrapper_outside_perfkits")
+    assert "THE QUERY" in Path(__file__).read_text().splitlines()[query.site[1] - 1]
+
+
+def _line_marked(tag: str) -> int:
+    """The line of this file that carries ``# LINE tag``."""
+    lines = Path(__file__).read_text().splitlines()
+    return next(n for n, text in enumerate(lines, 1) if text.endswith(f"# LINE {tag}"))
+
+
+def _lines_of(rec: Any) -> list[int]:
+    return [q.site[1] for q in rec.db.queries]
+
+
+def test_each_query_gets_its_own_line_from_the_same_function() -> None:
+    with record_request() as rec:
+        for _ in range(3):
+            User.objects.filter(pk=1).exists()  # LINE user
+            Group.objects.filter(pk=1).exists()  # LINE group
+    assert _lines_of(rec) == [_line_marked("user"), _line_marked("group")] * 3
+
+
+def test_the_remembered_lines_stay_bounded_and_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django_perfkit.collectors import db
+
+    monkeypatch.setattr(db, "_MAX_LINES", 2)
+    db._lines.clear()
+    with record_request() as rec:
+        for _ in range(2):
+            User.objects.filter(pk=1).exists()  # LINE a
+            User.objects.filter(pk=2).exists()  # LINE b
+            User.objects.filter(pk=3).exists()  # LINE c
+    assert _lines_of(rec) == [_line_marked("a"), _line_marked("b"), _line_marked("c")] * 2
+    assert len(db._lines) <= 2
+
+
+def test_a_settings_change_reaches_the_collector() -> None:
+    # The collector reads its settings once, not per query: a change must
+    # still take effect (setting_changed resets what it read).
+    with record_request() as rec:
+        list(User.objects.all())
+    changed_settings = {"CAPTURE_CALL_SITES": False, "HIDE_SQL_PARAMS": False}
+    with override_settings(PERFKIT=changed_settings), record_request() as changed:
+        list(User.objects.filter(username="y"))
+    with record_request() as back:
+        list(User.objects.filter(username="z"))
+    assert rec.db.queries[0].site is not None
+    assert changed.db.queries[0].site is None
+    assert changed.db.queries[0].params == ("y",)
+    assert back.db.queries[0].site is not None
+    assert back.db.queries[0].params is None
 
 
 def test_sql_has_placeholders_and_params_are_hidden_by_default() -> None:

@@ -12,7 +12,10 @@ found through the context, which asgiref copies into its threads.
 Call site: the first stack frame outside Django, asgiref, the standard library,
 installed packages and perfkit, that is, the line in the project that made the ORM run the query.
 Which files count as library code is decided once per file and cached, so the
-walk costs a dict lookup per frame.
+walk costs a dict lookup per frame, and the line of a frame once per place in
+its code. What it cannot avoid on Python 3.11: every frame looked at becomes a
+frame object (about 0.1 µs each), and an ORM query runs 5 to 8 Django frames
+below the project's line.
 """
 
 from __future__ import annotations
@@ -31,17 +34,34 @@ from django_perfkit.conf import get_settings
 from django_perfkit.record import QueryRecord, _current, _short_path
 
 _new_tuple = tuple.__new__
+_getframe = sys._getframe
+_perf_counter = time.perf_counter
 
 __all__ = [
-    "QueryCollector",
     "call_site",
+    "collect_query",
+    "collector",
     "find_site",
     "install",
     "install_on_all_connections",
     "is_library_file",
 ]
 
-_library_file: dict[str, bool] = {}
+
+class _LibraryFiles(dict[str, bool]):
+    """File name -> whether it is library code, decided on first sight.
+
+    Subscripted on the hot path (no ``.get()`` call per frame); a missing
+    file name is decided by ``__missing__``.
+    """
+
+    def __missing__(self, filename: str) -> bool:
+        known = filename.startswith(_prefixes()) or filename.startswith("<frozen")
+        self[filename] = known
+        return known
+
+
+_library_file = _LibraryFiles()
 _library_prefixes: tuple[str, ...] | None = None
 
 
@@ -70,11 +90,7 @@ def _prefixes() -> tuple[str, ...]:
 def is_library_file(filename: str) -> bool:
     """Whether ``filename`` is Django, asgiref, perfkit, the standard library or an
     installed package (``site-packages``)."""
-    known = _library_file.get(filename)
-    if known is None:
-        known = filename.startswith(_prefixes()) or filename.startswith("<frozen")
-        _library_file[filename] = known
-    return known
+    return _library_file[filename]
 
 
 def find_site(skip: int = 1) -> tuple[str, int, str] | None:
@@ -83,13 +99,30 @@ def find_site(skip: int = 1) -> tuple[str, int, str] | None:
     while frame is not None:
         code = frame.f_code
         filename = code.co_filename
-        is_library = _library_file.get(filename)
-        if is_library is None:
-            is_library = is_library_file(filename)
-        if not is_library:
-            return (filename, frame.f_lineno, code.co_name)
+        if not _library_file[filename]:
+            return (filename, _line(frame, code), code.co_name)
         frame = frame.f_back
     return None
+
+
+#: ``(id(code), instruction offset) -> (code, line)``: Python finds a frame's
+#: line by scanning the code's line table from its start, so a line in a long
+#: view costs more the further down it is. The code object is kept in the value
+#: so that its id cannot be reused while the entry exists.
+_lines: dict[tuple[int, int], tuple[Any, int]] = {}
+_MAX_LINES = 8192
+
+
+def _line(frame: Any, code: Any) -> int:
+    key = (id(code), frame.f_lasti)
+    known = _lines.get(key)
+    if known is not None:
+        return known[1]
+    line: int = frame.f_lineno
+    if len(_lines) >= _MAX_LINES:  # code made at run time: keep the memory bounded
+        _lines.clear()
+    _lines[key] = (code, line)
+    return line
 
 
 def call_site(skip: int = 1) -> str | None:
@@ -113,87 +146,125 @@ def _params_hash(params: Any) -> int:
         return hash(repr(params))
 
 
-class QueryCollector:
-    """The execute wrapper. One instance serves every connection."""
+#: What the collector needs from the settings, read once per settings change
+#: instead of per query: ``(collect, max recorded, call sites, hide params,
+#: EXPLAIN threshold in seconds)``. ``None`` until the first query in a record,
+#: and again after ``conf.reset()``.
+_plan: tuple[bool, int, bool, bool, float] | None = None
 
-    def __call__(
-        self,
-        execute: Callable[..., Any],
-        sql: str,
-        params: Any,
-        many: bool,
-        context: dict[str, Any],
-    ) -> Any:
-        record = _current.get()
-        if record is None:
-            return execute(sql, params, many, context)
-        settings = get_settings()
-        if not settings.collect_queries:
-            return execute(sql, params, many, context)
-        # Everything that does not need the query's outcome is done before it
-        # runs: after a round trip to the database the process comes back with
-        # its CPU caches cold (it slept; the database ran), and every line run
-        # then costs several times what it costs now.
-        stats = record.db
-        guard = record.guard
-        limit = settings.max_queries_recorded
-        site = None
-        if guard is None and settings.capture_call_sites and len(stats.queries) < limit:
-            site = find_site(2)
+
+def reset_plan() -> None:
+    """Forget the settings the collector read (``conf.reset()`` calls this)."""
+    global _plan
+    _plan = None
+
+
+def _read_plan() -> tuple[bool, int, bool, bool, float]:
+    global _plan
+    settings = get_settings()
+    _plan = (
+        settings.collect_queries,
+        settings.max_queries_recorded,
+        settings.capture_call_sites,
+        settings.hide_sql_params,
+        settings.indexes.explain_seconds,
+    )
+    return _plan
+
+
+def collect_query(
+    execute: Callable[..., Any],
+    sql: str,
+    params: Any,
+    many: bool,
+    context: dict[str, Any],
+) -> Any:
+    """The execute wrapper. One function serves every connection.
+
+    A plain function rather than an object with ``__call__``: Django calls it
+    through ``functools.partial`` on every query, and a function is the
+    cheapest thing for that call to reach.
+    """
+    record = _current.get()
+    if record is None:
+        return execute(sql, params, many, context)
+    collect, limit, capture_sites, hide_params, explain_seconds = _plan or _read_plan()
+    if not collect:
+        return execute(sql, params, many, context)
+    # Everything that does not need the query's outcome is done before it
+    # runs: after a round trip to the database the process comes back with
+    # its CPU caches cold (it slept; the database ran), and every line run
+    # then costs several times what it costs now.
+    stats = record.db
+    guard = record.guard
+    queries = stats.queries
+    site = None
+    if capture_sites and guard is None and len(queries) < limit:
+        # find_site(), inlined: a call per query saved. It starts at frame 2:
+        # frame 0 is this function and frame 1 what called it, Django's
+        # _execute_with_wrappers (or an execute wrapper outside this one),
+        # never the line that asked for the query. Each frame looked at costs
+        # Python a frame object, so one not looked at is one not built.
+        frame: Any = _getframe(2)
+        while frame is not None:
+            code = frame.f_code
+            if not _library_file[code.co_filename]:
+                site = (code.co_filename, _line(frame, code), code.co_name)
+                break
+            frame = frame.f_back
+        frame = None  # not kept alive while the query runs
+    if type(params) is tuple:  # what the ORM passes
         try:
-            params_hash = hash(params) if type(params) is tuple else _params_hash(params)
+            params_hash = hash(params)
         except TypeError:  # a list among the parameters (a PostgreSQL array)
             params_hash = _params_hash(params)
-        alias = context["connection"].alias
-        kept_params = None if settings.hide_sql_params else params
-        # The EXPLAIN threshold: every query when the record asks for plans.
-        explain_at = 0.0 if record.explain else settings.indexes.explain_seconds
-        failed = True
-        start = time.perf_counter()
-        try:
-            result = execute(sql, params, many, context)
-            failed = False
-            return result
-        finally:
-            duration = time.perf_counter() - start
-            stats.count += 1
-            stats.time += duration
-            # Decided now, not before the query: queries of other threads (or
-            # nested in this one) may have filled the record meanwhile.
-            keep = len(stats.queries) < limit
-            if guard is not None:
-                # The query guard walks the same frames (and a few more): its
-                # walk finds the call site too, so it is not walked twice.
-                try:
-                    site = guard.observe(sql, params, duration)
-                except Exception as exc:  # a detector bug must not fail the query
-                    record.errors.append(f"query guard: {exc!r}")
-                if not settings.capture_call_sites:
-                    site = None
-                elif keep and site is None:
-                    site = find_site(2)
-            if keep:
-                stats.queries.append(
-                    # tuple.__new__ with one tuple: the cheapest way to build a
-                    # NamedTuple (no keyword handling), on a path run per query.
-                    _new_tuple(
-                        QueryRecord,
-                        (
-                            sql,
-                            alias,
-                            duration,
-                            site,
-                            params_hash,
-                            kept_params,
-                            many,
-                            failed,
-                        ),
-                    )
+    else:
+        params_hash = _params_hash(params)
+    alias = context["connection"].alias
+    kept_params = None if hide_params else params
+    # The EXPLAIN threshold: every query when the record asks for plans.
+    explain_at = 0.0 if record.explain else explain_seconds
+    failed = True
+    start = _perf_counter()
+    try:
+        result = execute(sql, params, many, context)
+        failed = False
+        return result
+    finally:
+        duration = _perf_counter() - start
+        stats.count += 1
+        stats.time += duration
+        # Decided now, not before the query: queries of other threads (or
+        # nested in this one) may have filled the record meanwhile.
+        keep = len(queries) < limit
+        if guard is not None:
+            # The query guard walks the same frames (and a few more): its
+            # walk finds the call site too, so it is not walked twice.
+            try:
+                site = guard.observe(sql, params, duration)
+            except Exception as exc:  # a detector bug must not fail the query
+                record.errors.append(f"query guard: {exc!r}")
+            if not capture_sites:
+                site = None
+            elif keep and site is None:
+                site = find_site(3)  # past this function and what called it
+        if keep:
+            queries.append(
+                # tuple.__new__ with one tuple: the cheapest way to build a
+                # NamedTuple (no keyword handling), on a path run per query.
+                _new_tuple(
+                    QueryRecord,
+                    (sql, alias, duration, site, params_hash, kept_params, many, failed),
                 )
-            else:
-                stats.dropped += 1
-            if duration >= explain_at and not failed and not many:
-                _advise(record, context["connection"], sql, params, site)
+            )
+        else:
+            stats.dropped += 1
+        if duration >= explain_at and not failed and not many:
+            _advise(record, context["connection"], sql, params, site)
+
+
+#: The name the rest of perfkit (and the benchmarks) know the wrapper by.
+collector = collect_query
 
 
 #: The databases the index advisor reads plans of (``queries.indexes.VENDORS``;
@@ -213,14 +284,11 @@ def _advise(record: Any, connection: Any, sql: Any, params: Any, site: Any) -> N
         from django_perfkit.queries.indexes import explain_after
 
         shape = fingerprint(sql)
-        advice = explain_after(connection, sql, params, site or find_site(3), shape)
+        advice = explain_after(connection, sql, params, site or find_site(4), shape)
         seen = {item.fingerprint for item in record.index_advice}
         record.index_advice.extend(item for item in advice if item.fingerprint not in seen)
     except Exception as exc:  # never the query's problem
         record.errors.append(f"index advisor: {exc!r}")
-
-
-collector = QueryCollector()
 
 
 def install(connection: BaseDatabaseWrapper, **kwargs: Any) -> None:

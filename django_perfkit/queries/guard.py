@@ -423,7 +423,10 @@ class Guard:
         if len(self.events) >= MAX_EVENTS:
             return None
         known = _known_frames()
-        frame: Any = sys._getframe(2)
+        # Frame 0 is this method, 1 the collector, 2 what called the collector:
+        # Django's _execute_with_wrappers, or an execute wrapper outside
+        # perfkit's; neither is the line that asked for the query.
+        frame: Any = sys._getframe(3)
         op: str | None = None
         queryset: Any = None
         relation: Relation | None = None
