@@ -284,7 +284,8 @@ def in_situ(db: str, rounds: int) -> dict[str, Any]:
                                 # probes: to the batch's own line, not stop at
                                 # the outer probe (bench code, so "project" code).
                                 site = rec.db.queries[0].site
-                                assert site is not None and site[2] == batch.__name__, site
+                                if site is None or site[2] != batch.__name__:
+                                    raise RuntimeError(f"call site under the probes: {site}")
                             else:
                                 with override_settings(PERFKIT=no_sites), record_request():
                                     batch()

@@ -107,11 +107,17 @@ def serve(config: str, count: int, path: str = "/healthz") -> float:
             client_.delete(key)
 
 
+#: A fixed hash seed: string hashes decide where dict and set entries land (and
+#: how often a lookup collides), so with a random seed per process the same
+#: request's count moves from run to run, by thousands of instructions.
+_ENV = {"PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0"}
+
+
 def _callgrind(config: str, count: int, path: str) -> int:
     done = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
          __file__, "--serve", config, str(count), path],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **_ENV},
     )  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"{config} x {count} failed: {done.stderr[-1500:]}")
@@ -121,7 +127,7 @@ def _callgrind(config: str, count: int, path: str) -> int:
 def _native(config: str, count: int, path: str) -> float:
     done = subprocess.run(
         [sys.executable, __file__, "--serve", config, str(count), path],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **_ENV},
         check=True,
     )  # fmt: skip
     return float(done.stdout.strip().splitlines()[-1])

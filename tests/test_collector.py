@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import _thread
+import contextvars
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ from django.db import DatabaseError, connection, connections
 from django.test import override_settings
 
 from django_perfkit.collectors.db import collector, install
-from django_perfkit.record import record_request
+from django_perfkit.record import RequestRecord, _current, record_request
 
 pytestmark = pytest.mark.django_db(databases=["default", "other"])
 
@@ -78,6 +81,53 @@ def test_an_execute_wrapper_outside_perfkits_is_not_taken_for_the_call_site() ->
     assert "THE QUERY" in Path(__file__).read_text().splitlines()[query.site[1] - 1]
 
 
+def test_under_the_query_guard_a_front_wrapper_is_not_the_call_site_either() -> None:
+    from django_perfkit.queries import capture
+
+    connection.execute_wrappers.insert(0, _project_wrapper)
+    try:
+        with capture() as report:
+            User.objects.filter(username="x").exists()  # LINE guarded
+    finally:
+        connection.execute_wrappers.remove(_project_wrapper)
+    (query,) = report.queries
+    assert query.site is not None
+    assert query.site[1] == _line_marked("guarded")
+
+
+def test_a_raw_cursor_query_has_its_line() -> None:
+    with record_request() as rec, connection.cursor() as cursor:
+        cursor.execute("SELECT 1")  # LINE raw
+    (query,) = rec.db.queries
+    assert query.site is not None
+    assert query.site[1] == _line_marked("raw")
+
+
+def test_the_collector_called_at_the_top_of_a_stack_does_not_fail() -> None:
+    # A thread whose first Python frame is the collector itself: no frames
+    # above it to walk. The query must still run and be counted.
+    rec = RequestRecord()
+    token = _current.set(rec)
+    context = contextvars.copy_context()
+    _current.reset(token)
+    ran = threading.Event()
+
+    def execute(sql: str, params: Any, many: bool, ctx: dict[str, Any]) -> int:
+        ran.set()
+        return 1
+
+    _thread.start_new_thread(
+        context.run, (collector, execute, "SELECT 1", (), False, {"connection": connection})
+    )
+    assert ran.wait(5)
+    deadline = time.monotonic() + 5
+    while not rec.db.queries and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (query,) = rec.db.queries
+    assert query.site is None
+    assert query.failed is False
+
+
 def _line_marked(tag: str) -> int:
     """The line of this file that carries ``# LINE tag``."""
     lines = Path(__file__).read_text().splitlines()
@@ -101,6 +151,9 @@ def test_the_remembered_lines_stay_bounded_and_right(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(db, "_MAX_LINES", 2)
     db._lines.clear()
+    with record_request():
+        User.objects.filter(pk=1).exists()
+    assert len(db._lines) == 1  # remembered
     with record_request() as rec:
         for _ in range(2):
             User.objects.filter(pk=1).exists()  # LINE a

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import sys
 import sysconfig
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -95,7 +96,10 @@ def is_library_file(filename: str) -> bool:
 
 def find_site(skip: int = 1) -> tuple[str, int, str] | None:
     """``(filename, line, function)`` of the first frame in project code."""
-    frame: Any = sys._getframe(skip)
+    try:
+        frame: Any = sys._getframe(skip)
+    except ValueError:  # fewer frames than skip
+        return None
     while frame is not None:
         code = frame.f_code
         filename = code.co_filename
@@ -155,23 +159,31 @@ def _params_hash(params: Any) -> int:
 _plan: tuple[bool, int, bool, bool, float] | None = None
 
 
+#: Held while the plan is read or forgotten: ``conf.reset()`` clears the
+#: settings and then the plan, so a plan read from the old settings by another
+#: thread meanwhile is stored before the reset forgets it, never after.
+_plan_lock = threading.Lock()
+
+
 def reset_plan() -> None:
     """Forget the settings the collector read (``conf.reset()`` calls this)."""
     global _plan
-    _plan = None
+    with _plan_lock:
+        _plan = None
 
 
 def _read_plan() -> tuple[bool, int, bool, bool, float]:
     global _plan
-    settings = get_settings()
-    _plan = (
-        settings.collect_queries,
-        settings.max_queries_recorded,
-        settings.capture_call_sites,
-        settings.hide_sql_params,
-        settings.indexes.explain_seconds,
-    )
-    return _plan
+    with _plan_lock:
+        settings = get_settings()
+        plan = _plan = (
+            settings.collect_queries,
+            settings.max_queries_recorded,
+            settings.capture_call_sites,
+            settings.hide_sql_params,
+            settings.indexes.explain_seconds,
+        )
+    return plan
 
 
 def collect_query(
@@ -207,7 +219,10 @@ def collect_query(
         # _execute_with_wrappers (or an execute wrapper outside this one),
         # never the line that asked for the query. Each frame looked at costs
         # Python a frame object, so one not looked at is one not built.
-        frame: Any = _getframe(2)
+        try:
+            frame: Any = _getframe(2)
+        except ValueError:  # called by hand from the top of a stack
+            frame = None
         while frame is not None:
             code = frame.f_code
             if not _library_file[code.co_filename]:

@@ -54,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from django_perfkit.collectors.db import _library_file, _params_hash, find_site, is_library_file
+from django_perfkit.collectors.db import _library_file, _line, _params_hash, find_site
 from django_perfkit.queries.fingerprint import fingerprint
 from django_perfkit.record import _current, _short_path
 
@@ -475,18 +475,11 @@ class Guard:
                         queryset = None if kind == _REFRESH else f_locals.get("self")
                 else:
                     filename = code.co_filename
-                    is_library = library.get(filename)
-                    if is_library is None:
-                        is_library = is_library_file(filename)
-                    if not is_library:
-                        location = (filename, frame.f_lineno, code.co_name)
+                    if not library[filename]:
+                        location = (filename, _line(frame, code), code.co_name)
             if location is not None:
                 walked += 1
-                filename = code.co_filename
-                is_library = library.get(filename)
-                if is_library is None:
-                    is_library = is_library_file(filename)
-                if not is_library:
+                if not library[code.co_filename]:
                     # The instruction offset names the call as well as the line
                     # does, without decoding the line table (f_lineno does).
                     signature.append(id(code))
