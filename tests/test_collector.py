@@ -4,6 +4,8 @@ import _thread
 import contextvars
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,15 +68,21 @@ def _project_wrapper(execute, sql, params, many, context):  # type: ignore[no-un
     return execute(sql, params, many, context)  # an execute wrapper in project code
 
 
-def test_an_execute_wrapper_outside_perfkits_is_not_taken_for_the_call_site() -> None:
-    # A wrapper placed in front of perfkit's (this file counts as project code)
-    # calls the collector; the walk skips its caller and finds the line below.
+@contextmanager
+def _wrapper_in_front() -> Iterator[None]:
+    """A project's execute wrapper placed in front of perfkit's (this file
+    counts as project code): it is what calls the collector."""
     connection.execute_wrappers.insert(0, _project_wrapper)
     try:
-        with record_request() as rec:
-            User.objects.filter(username="x").exists()  # THE QUERY
+        yield
     finally:
         connection.execute_wrappers.remove(_project_wrapper)
+
+
+def test_an_execute_wrapper_outside_perfkits_is_not_taken_for_the_call_site() -> None:
+    # The walk skips the collector's caller and finds the line below.
+    with _wrapper_in_front(), record_request() as rec:
+        User.objects.filter(username="x").exists()  # THE QUERY
     (query,) = rec.db.queries
     assert query.site is not None
     assert query.site[2].startswith("test_an_execute_wrapper_outside_perfkits")
@@ -84,12 +92,8 @@ def test_an_execute_wrapper_outside_perfkits_is_not_taken_for_the_call_site() ->
 def test_under_the_query_guard_a_front_wrapper_is_not_the_call_site_either() -> None:
     from django_perfkit.queries import capture
 
-    connection.execute_wrappers.insert(0, _project_wrapper)
-    try:
-        with capture() as report:
-            User.objects.filter(username="x").exists()  # LINE guarded
-    finally:
-        connection.execute_wrappers.remove(_project_wrapper)
+    with _wrapper_in_front(), capture() as report:
+        User.objects.filter(username="x").exists()  # LINE guarded
     (query,) = report.queries
     assert query.site is not None
     assert query.site[1] == _line_marked("guarded")
