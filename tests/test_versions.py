@@ -207,3 +207,31 @@ def test_a_composed_statement_bumps_the_epoch() -> None:
     finally:
         writes.bump = original  # type: ignore[assignment]
     assert seen and seen[0][-1].endswith(":epoch")
+
+
+def test_token_seeds_are_perfkits_own_and_new_in_every_forked_child() -> None:
+    import os
+    import random
+
+    from django_perfkit.versions.tokens import init_seed
+
+    # A project's random.seed() does not make them repeat.
+    random.seed(1)
+    first = init_seed()
+    random.seed(1)
+    assert init_seed() != first
+    assert len(first) == 12 and first.isdigit()
+    # A forked worker does not continue its parent's sequence (it would
+    # recreate an evicted token at a value its sibling uses).
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            os.write(write, init_seed().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 12 and child != init_seed()
