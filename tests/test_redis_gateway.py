@@ -442,3 +442,44 @@ def test_a_direct_command_that_times_out_drops_its_connection() -> None:
     finally:
         client.close()
         hole.close()
+
+
+def test_a_direct_command_reads_a_reply_larger_than_one_socket_read_in_step() -> None:
+    from django_perfkit.redis.scripts import command
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    key = f"{KEY_PREFIX}:direct-big"
+    big = bytes(range(256)) * 1024  # more than redis-py's 64 KiB read buffer
+    client.set(key, big)
+    try:
+        assert command(client, "MGET", key, f"{key}:none") == [big, None]
+        assert command(client, "MGET", key) == [big]
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            command(client, "LPUSH", key, b"x")
+        assert command(client, "MGET", key) == [big]  # on a connection in step
+    finally:
+        client.delete(key)
+        client.close()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_a_direct_command_answers_with_its_reply_not_a_push_before_it(protocol: int) -> None:
+    from django_perfkit.redis.scripts import command
+
+    client = redis.Redis.from_url(settings.REDIS_URL, protocol=protocol)
+    other = redis.Redis.from_url(settings.REDIS_URL)
+    key = f"{KEY_PREFIX}:direct-push"
+    client.set(key, b"1")
+    try:
+        if protocol == 3:
+            # Client-side caching on the kept connection: the server pushes an
+            # invalidation of a key it read, ahead of the next command's reply.
+            assert command(client, "CLIENT", "TRACKING", "ON") == b"OK"
+        assert command(client, "MGET", key) == [b"1"]
+        other.set(key, b"2")
+        assert command(client, "MGET", key) == [b"2"]
+        assert command(client, "MGET", key) == [b"2"]  # still in step
+    finally:
+        client.delete(key)
+        client.close()
+        other.close()
