@@ -74,7 +74,7 @@ from django_perfkit.redis.gateway import is_django_redis_backend
 
 MIDDLEWARE_PATH = "django_perfkit.middleware.PerfkitMiddleware"
 
-_TIMEOUTS = ("REDIS_CONNECT_TIMEOUT", "REDIS_TIMEOUT", "BREAKER_COOLDOWN")
+_TIMEOUTS = ("REDIS_CONNECT_TIMEOUT", "REDIS_TIMEOUT", "REDIS_SPIN", "BREAKER_COOLDOWN")
 _SWITCHES = (
     "ENABLED",
     "REDIS_CLUSTER",

@@ -34,6 +34,7 @@ DEFAULTS: Final[dict[str, Any]] = {
     "KEY_PREFIX": "perfkit",
     "REDIS_CONNECT_TIMEOUT": 0.05,
     "REDIS_TIMEOUT": 0.05,
+    "REDIS_SPIN": 0.0001,
     "BREAKER_FAILURES": 3,
     "BREAKER_COOLDOWN": 5.0,
     # Query collector
@@ -442,6 +443,7 @@ class PerfkitSettings:
     key_prefix: str
     redis_connect_timeout: float
     redis_timeout: float
+    redis_spin: float
     breaker_failures: int
     breaker_cooldown: float
     collect_queries: bool

@@ -825,7 +825,7 @@ def test_server_timing_shows_the_cache_of_a_real_request(client, world: dict) ->
         response = client.get("/articles/")
     header = response["Server-Timing"]
     assert "cache;dur=" in header
-    hits = header.split('cache;dur=', 1)[1].split('desc="', 1)[1].split(" hit", 1)[0]
+    hits = header.split("cache;dur=", 1)[1].split('desc="', 1)[1].split(" hit", 1)[0]
     assert int(hits) > 0 and ", 0 misses" in header
 
 

@@ -76,8 +76,9 @@ class MyRedisCache(RedisCache):
 
 
 @pytest.mark.parametrize("value", [-1, "50ms", None, True])
-def test_e004_bad_timeout(value: Any) -> None:
-    assert ids({"REDIS_TIMEOUT": value}) == ["perfkit.E004"]
+@pytest.mark.parametrize("name", ["REDIS_TIMEOUT", "REDIS_SPIN"])
+def test_e004_bad_timeout(name: str, value: Any) -> None:
+    assert ids({name: value}) == ["perfkit.E004"]
 
 
 def test_e004_names_the_key_and_an_example() -> None:

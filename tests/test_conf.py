@@ -11,6 +11,7 @@ def test_defaults_when_perfkit_is_absent() -> None:
     assert s.server_timing == "all"
     assert s.redis_cache_alias == "default"
     assert s.redis_timeout == DEFAULTS["REDIS_TIMEOUT"] == 0.05
+    assert s.redis_spin == DEFAULTS["REDIS_SPIN"] == 0.0001
     assert s.key_prefix == "perfkit"
     assert s.redis_alias_explicit is False
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -483,3 +484,86 @@ def test_a_direct_command_answers_with_its_reply_not_a_push_before_it(protocol: 
         client.delete(key)
         client.close()
         other.close()
+
+
+# -- polling for a reply (REDIS_SPIN) ----------------------------------------------------
+
+
+def test_perfkits_own_client_polls_for_its_replies_and_answers_the_same() -> None:
+    from django_perfkit.redis.scripts import ReplySpin, command
+
+    with override_settings(PERFKIT={"REDIS_URL": settings.REDIS_URL, "KEY_PREFIX": KEY_PREFIX}):
+        gw = get_gateway()
+        spin = gw.client.perfkit_spin
+        assert isinstance(spin, ReplySpin) and spin.budget == 0.0001
+        key = gw.key("test", "spin")
+        gw.client.delete(key)
+        assert gw.run_script(INCR_BY_ARG, [key], [5], None) == 5
+        assert command(gw.client, "MGET", key) == [b"5"]
+        # A poll that sees its reply (within a second, surely) starts the count
+        # of polls that ran out again.
+        spin.budget, spin.outs = 1.0, ReplySpin.GIVE_UP - 1
+        assert command(gw.client, "MGET", key) == [b"5"]
+        assert (spin.outs, spin.paused) == (0, 0)
+        gw.client.delete(key)
+    with override_settings(PERFKIT={"REDIS_URL": settings.REDIS_URL, "REDIS_SPIN": 0}):
+        assert get_gateway().client.perfkit_spin.budget == 0
+    # A client the project builds itself is never given one.
+    assert not hasattr(redis.Redis.from_url(settings.REDIS_URL), "perfkit_spin")
+
+
+def test_polling_that_keeps_running_out_of_budget_pauses() -> None:
+    from django_perfkit.redis.scripts import ReplySpin, command
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    # A budget far shorter than any round trip: each poll runs out, as it
+    # would with Redis across a network.
+    client.perfkit_spin = spin = ReplySpin(1e-9)  # type: ignore[attr-defined]
+    key = f"{KEY_PREFIX}:spin-out"
+    try:
+        # The scripts that run right after a database round trip never poll.
+        from django_perfkit.versions.tokens import BUMP
+
+        assert BUMP.run(client, [f"{key}:token"], ["100000000000", 60_000]) == 1
+        assert spin.outs == 0
+        client.delete(f"{key}:token")
+        for i in range(ReplySpin.GIVE_UP - 1):
+            assert command(client, "MGET", key) == [None]
+            assert (spin.outs, spin.paused) == (i + 1, 0)
+        assert command(client, "MGET", key) == [None]
+        assert (spin.outs, spin.paused) == (0, ReplySpin.PAUSE)
+        assert command(client, "MGET", key) == [None]  # sleeps: no poll
+        assert (spin.outs, spin.paused) == (0, ReplySpin.PAUSE - 1)
+    finally:
+        client.close()
+
+
+def test_no_polling_on_a_single_cpu_or_on_a_socket_it_does_not_know() -> None:
+    import socket
+    import ssl
+    import subprocess
+    import sys
+
+    from django_perfkit.redis.scripts import ReplySpin
+
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity here")
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from django_perfkit.redis.scripts import ReplySpin; print(ReplySpin(0.0001).budget)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0.0"
+    spin = ReplySpin(1e-9)
+    if spin.budget:
+        # A TLS socket (or gevent's) is not polled: nothing is counted.
+        plain = socket.socket()
+        wrapped = ssl.create_default_context().wrap_socket(
+            socket.socket(), server_hostname="x", do_handshake_on_connect=False
+        )
+        try:
+            spin.wait(wrapped)
+            assert spin.outs == 0
+        finally:
+            wrapped.close()
+            plain.close()

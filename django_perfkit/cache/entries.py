@@ -175,6 +175,7 @@ end
 return ok
 """,
     name="cache.store",
+    poll=False,  # right after the query it stores: see LuaScript
 )
 
 #: KEYS: lock; ARGV: owner. Releases the lock only if this caller still holds it.

@@ -38,7 +38,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from django_perfkit.conf import PerfkitSettings, get_settings
 from django_perfkit.record import current_record
 from django_perfkit.redis.breaker import CircuitBreaker
-from django_perfkit.redis.scripts import ArgT, KeyT, LuaScript
+from django_perfkit.redis.scripts import ArgT, KeyT, LuaScript, ReplySpin
 
 logger = logging.getLogger("django_perfkit.redis")
 
@@ -351,6 +351,15 @@ def _timeouts(settings: PerfkitSettings, for_async: bool = False) -> dict[str, A
 
 
 def _build_sync_client(settings: PerfkitSettings) -> Any:
+    client = _build_plain_or_cluster_client(settings)
+    if type(client) is redis.Redis:
+        # What command() reads to poll for its replies (REDIS_SPIN): on
+        # perfkit's own client only, never on one a project passes in.
+        client.perfkit_spin = ReplySpin(settings.redis_spin)  # type: ignore[attr-defined]
+    return client
+
+
+def _build_plain_or_cluster_client(settings: PerfkitSettings) -> Any:
     if settings.redis_url is not None:
         if settings.redis_cluster:
             from redis.cluster import RedisCluster

@@ -73,6 +73,7 @@ end
 return #KEYS
 """,
     name="versions.bump",
+    poll=False,  # right after the write: see LuaScript
 )
 
 
