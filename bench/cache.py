@@ -15,9 +15,9 @@ private Redis, with the same tables and data (``bench/cacheapp``: 2,000 items in
   entries (``.cache(key=...)``); ``perfkit-last`` builds the whole queryset
   and calls ``.cache()`` last. The floor's GET goes through redis-py's client;
   perfkit sends its commands on a connection each thread keeps, without
-  redis-py's per-call machinery, so the floor's GET sent that way is shown
-  too. perfkit's three and the floors take turns call
-  by call in one process, with Django building the same querysets (what any
+  redis-py's per-call machinery, and polls for their replies (``REDIS_SPIN``),
+  so the floor's GET sent that way is shown too. perfkit's three and the
+  floors take turns call by call in one process, with Django building the same querysets (what any
   ORM cache pays before it can look), so that the drift of a loopback round
   trip on this machine (tens of µs from one minute to the next) moves them
   alike; the others (their own virtualenvs, or perfkit not installed) run in
@@ -35,6 +35,13 @@ private Redis, with the same tables and data (``bench/cacheapp``: 2,000 items in
   so that its figures are about the caches and not about this machine's disk;
   that makes its uncached save the cheapest a save can be, and perfkit's fixed
   cost (one Redis round trip after the write) the largest share of it.
+* **What one round trip costs a save**: the same saves, call by call in turn
+  in one process, without perfkit's write hook, with a ``PING`` and then with
+  perfkit's bump script (``EVALSHA``, the same keys) sent on a bare socket
+  right after the statement, and with perfkit's hook; 3 rounds on each
+  server. The bare socket's rows are the floor of any design that bumps in one
+  round trip after the write; the hook's row less the script's is what
+  perfkit's Python (the watcher, the gateway, redis-py's connection) adds.
 * During the latency rounds a background process sends Redis a ``PING`` every
   0.2 ms, as other app servers would: an idle Redis on this machine answers its
   first command after a pause 100-150 µs late (its process has to be woken up),
@@ -210,12 +217,24 @@ def run() -> dict[str, Any]:
         results["race"] = {impl: bench.race(impl) for impl in CACHES}
         results["stampede"] = {impl: bench.worker(impl, "stampede") for impl in IMPLS}
         results["memory"] = {impl: bench.worker(impl, "memory") for impl in CACHES}
-        results["durable_saves"] = durable_saves(bench)
+        floors = {"fsync off": _rounds(bench.worker, "perfkit", "save-floor")}
+        results["durable_saves"] = durable_saves(bench, floors)
+        results["save_floor"] = floors
     return results
 
 
-def durable_saves(bench: Run) -> dict[str, Any]:
-    """Each ORM cache's saves against a PostgreSQL that waits for its disk."""
+def _rounds(worker: Any, impl: str, scenario: str, **kwargs: Any) -> dict[str, float]:
+    """The median of SAVE_ROUNDS runs of a worker scenario (failed runs left out)."""
+    runs = [worker(impl, scenario, **kwargs) for _ in range(SAVE_ROUNDS)]
+    done = [r for r in runs if "error" not in r]
+    if not done:
+        return runs[0]  # type: ignore[no-any-return]
+    return {key: statistics.median(r[key] for r in done) for key in done[0]}
+
+
+def durable_saves(bench: Run, floors: dict[str, Any]) -> dict[str, Any]:
+    """Each ORM cache's saves against a PostgreSQL that waits for its disk
+    (and, into ``floors``, what one round trip costs a save there)."""
     durable = PrivatePostgres(DURABLE)
     durable.start()
     try:
@@ -228,6 +247,7 @@ def durable_saves(bench: Run) -> dict[str, Any]:
         for _ in range(SAVE_ROUNDS):
             for impl in IMPLS:
                 rounds[impl].append(bench.worker(impl, "saves", pg=durable))
+        floors["PostgreSQL's defaults"] = _rounds(bench.worker, "perfkit", "save-floor", pg=durable)
     finally:
         durable.stop()
     # A round that failed is left out (the others still make a median); an
@@ -294,8 +314,9 @@ def table(results: dict[str, Any]) -> str:
     )
     direct = lat.get("raw-direct", {})
     lines.append(
-        f"| floor's GET on a kept connection (perfkit's path) | {_f(direct.get('get_us'))} "
-        f"| {_f(direct.get('list_us'))} | {_f(direct.get('count_us'))} | | | |"
+        "| floor's GET on a kept connection, polled for (perfkit's path) "
+        f"| {_f(direct.get('get_us'))} | {_f(direct.get('list_us'))} "
+        f"| {_f(direct.get('count_us'))} | | | |"
     )
     lines.append(
         f"| building the queryset (Django, not run) | {_f(build.get('get_us'))} "
@@ -327,6 +348,24 @@ def table(results: dict[str, Any]) -> str:
             f"| {impl} | {_f(row['save_us'])}{ratio} | {hooked} | {row['save_selects']:.2f} "
             f"| {row['save_redis_calls']:.2f} |"
         )
+    lines += [
+        "",
+        "### What one Redis round trip costs a save (median µs; ratio to the save without it)",
+        "",
+        "| server | save() without perfkit's hook | + `PING` on a bare socket "
+        "| + perfkit's bump script on a bare socket | perfkit's hook |",
+        "|---|---|---|---|---|",
+    ]
+    for server, row in results.get("save_floor", {}).items():
+        if "error" in row or not row.get("unhooked_us"):
+            lines.append(f"| {server} | {row.get('error', 'failed')} | | | |")
+            continue
+        base_us = row["unhooked_us"]
+        cells = [
+            f"{_f(row[key])} ({row[key] / base_us:.2f}×)"
+            for key in ("ping_us", "bump_script_us", "perfkit_us")
+        ]
+        lines.append(f"| {server} | {_f(base_us)} | {' | '.join(cells)} |")
     lines += [
         "",
         "### Hit ratio, stale reads, stampede, memory",

@@ -338,6 +338,99 @@ def _saves_with_and_without_the_hook(save: Callable[[int], None]) -> dict[str, f
     }
 
 
+def save_floor(cats: list[int]) -> dict[str, float]:
+    """What one Redis round trip after the write costs a save, next to what perfkit's hook costs.
+
+    The same saves as :func:`_saves`, call by call in turn: without perfkit's
+    write hook; with a ``PING``, then with perfkit's bump script (``EVALSHA``
+    of the same keys), sent on a bare socket right after the statement; and
+    with perfkit's hook. The bare socket's rows are the floor of any design
+    that bumps in one round trip after the write: they leave out everything
+    in Python but a ``sendall`` and a ``recv``.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    import hiredis
+    from cacheapp.models import Item
+    from django.db import connection
+
+    from django_perfkit.versions.tokens import BUMP, _ttl_ms, init_seed, tokens_for
+    from django_perfkit.versions.writes import watcher, write_keys
+
+    victims = list(Item.objects.filter(category_id__in=cats[-3:]).order_by("id")[:50])
+    url = urlparse(REDIS_URL)
+    bare = socket.create_connection((url.hostname, url.port or 6379))
+    bare.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    bare.sendall(hiredis.pack_command(("SELECT", url.path.strip("/") or "0")))
+    bare.recv(64)
+    # The keys perfkit's hook bumps for each victim's save, read off the
+    # statement once (outside the timing), and the bump packed for each.
+    statements: list[tuple[str, Any]] = []
+
+    def keep(execute: Callable[..., Any], sql: str, params: Any, many: bool, ctx: Any) -> Any:
+        statements.append((sql, params))
+        return execute(sql, params, many, ctx)
+
+    wrappers = connection.execute_wrappers
+    wrappers.remove(watcher)
+    with connection.execute_wrapper(keep):
+        for item in victims:
+            item.save()
+    if len(statements) != len(victims):
+        raise RuntimeError(f"expected one UPDATE per save, got {statements}")
+    tokens = tokens_for(connection.alias)
+    ttl = _ttl_ms()
+    bumps = [
+        hiredis.pack_command(("EVALSHA", BUMP.sha, len(keys), *keys, init_seed(), ttl))
+        for keys in (write_keys(tokens, sql, params, False) or [] for sql, params in statements)
+    ]
+    ping = hiredis.pack_command(("PING",))
+
+    victim = [0]  # the index of the row being saved
+
+    def after(payload: Callable[[int], bytes]) -> Callable[..., Any]:
+        def send(execute: Callable[..., Any], sql: str, params: Any, many: bool, ctx: Any) -> Any:
+            result = execute(sql, params, many, ctx)
+            bare.sendall(payload(victim[0]))
+            bare.recv(64)
+            return result
+
+        return send
+
+    variants: dict[str, Callable[..., Any] | None] = {
+        "unhooked": None,
+        "ping": after(lambda i: ping),
+        "bump_script": after(bumps.__getitem__),
+        "perfkit": watcher,
+    }
+    samples: dict[str, list[int]] = {name: [] for name in variants}
+    rng = random.Random(3)
+    try:
+        for i in range(WARMUP + 2000):
+            names = list(variants) if i % 2 else list(reversed(variants))
+            for name in names:
+                victim[0] = i % len(victims)
+                item = victims[victim[0]]
+                item.n = rng.randint(0, 10**6)
+                wrapper = variants[name]
+                if wrapper is not None:
+                    wrappers.append(wrapper)
+                try:
+                    start = time.perf_counter_ns()
+                    item.save()
+                    took = time.perf_counter_ns() - start
+                finally:
+                    if wrapper is not None:
+                        wrappers.remove(wrapper)
+                if i >= WARMUP:
+                    samples[name].append(took)
+    finally:
+        wrappers.append(watcher)
+        bare.close()
+    return {f"{name}_us": statistics.median(v) / 1000 for name, v in samples.items()}
+
+
 _round_trips = [0]
 
 
@@ -367,14 +460,18 @@ def _floor_reads(
     """Redis GET + unpickle of the same payloads perfkit stores (the floor).
 
     ``direct``: the GET sent as perfkit sends its commands, on a connection
-    the thread keeps, without redis-py's per-call machinery.
+    the thread keeps, without redis-py's per-call machinery, polling for its
+    reply for as long as perfkit's own client does (``REDIS_SPIN``).
     """
     import redis
     from cacheapp.models import Item
 
-    from django_perfkit.redis.scripts import command
+    from django_perfkit.conf import get_settings
+    from django_perfkit.redis.scripts import ReplySpin, command
 
     client = redis.Redis.from_url(REDIS_URL)
+    if direct:
+        client.perfkit_spin = ReplySpin(get_settings().redis_spin)  # type: ignore[attr-defined]
     _floor_payloads.update(
         get_us=[pickle.dumps([Item.objects.get(pk=pk)], protocol=5) for pk in pks],
         list_us=[
@@ -564,6 +661,8 @@ def main() -> None:
         result = latency_together(sys.argv[5].split(","))
     elif scenario == "saves":
         result = _saves(_keys()[1])
+    elif scenario == "save-floor":
+        result = save_floor(_keys()[1])
     elif scenario == "hitratio":
         result = hitratio(impl)
     elif scenario == "race":

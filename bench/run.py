@@ -173,7 +173,8 @@ def main() -> None:
         "`.cache()` last, as cacheops is used: it pays the last row and names its entries "
         "by the pickled query state. The floor is redis-py's own `GET`; perfkit sends its "
         "commands on a connection each thread keeps, without redis-py's per-call machinery "
-        "(retries, observability hooks, the pool's checkout), which is why it can come in "
+        "(retries, observability hooks, the pool's checkout), and polls for their replies "
+        "for up to `REDIS_SPIN` (100 µs) before it sleeps, which is why it can come in "
         "under that floor: the row below it is the floor's `GET` sent the same way. "
         "A stale read is one that returned a version older than one whose `save()` had "
         "returned before the read began.",
