@@ -169,11 +169,11 @@ class ReplySpin:
     A process that sleeps in ``recv()`` for a reply 30-60 µs away has to be
     woken up when it comes, and then runs with cold caches: on our benchmark
     machine (a 2-vCPU VM, PostgreSQL and Redis on loopback) a cache hit took
-    150-185 µs that way, and 95-107 µs polling the socket for up to 100 µs
-    first, for about the same CPU time. A save's token bump took 15-20 µs
-    less but 60-70 µs more CPU time, so the scripts that run right after a
-    database round trip do not poll (``LuaScript.poll``). ``REDIS_SPIN`` sets
-    the budget (0: always sleep).
+    182-201 µs that way, and 130-148 µs polling the socket for up to 100 µs
+    first, for the same CPU time (the two ways in turn in one process, 3
+    runs). A save's token bump took 15-20 µs less but 60-70 µs more CPU time,
+    so the scripts that run right after a database round trip do not poll
+    (``LuaScript.poll``). ``REDIS_SPIN`` sets the budget (0: always sleep).
 
     Where polling does not pay, it stops by itself: after ``GIVE_UP`` polls in
     a row that ran out of budget (a Redis across a network, whose replies take
