@@ -11,8 +11,8 @@ built queryset), cacheops, cachalot, raw-direct (the floor's GET on a kept conne
 raw (the floor:
 Redis GET + unpickle of the same payload), build (Django building the querysets, not run)
 SCENARIO: seed, latency, latency-together (IMPLS comma-separated in ROLE; perfkit's
-settings and IMPL's database), saves (latency's saves alone), hitratio, race, stampede,
-memory
+settings and IMPL's database), saves (latency's saves alone), save-floor (perfkit's:
+what one round trip costs a save), hitratio, race, stampede, memory
 """
 
 from __future__ import annotations
