@@ -210,8 +210,9 @@ def test_a_composed_statement_bumps_the_epoch() -> None:
 
 
 def test_token_seeds_are_perfkits_own_and_new_in_every_forked_child() -> None:
-    import os
     import random
+    import subprocess
+    import sys
 
     from django_perfkit.versions.tokens import init_seed
 
@@ -222,16 +223,22 @@ def test_token_seeds_are_perfkits_own_and_new_in_every_forked_child() -> None:
     assert init_seed() != first
     assert len(first) == 12 and first.isdigit()
     # A forked worker does not continue its parent's sequence (it would
-    # recreate an evicted token at a value its sibling uses).
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        try:
-            os.write(write, init_seed().encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    child = os.read(read, 64).decode()
-    os.close(read)
-    os.waitpid(pid, 0)
-    assert len(child) == 12 and child != init_seed()
+    # recreate an evicted token at a value its sibling uses). Forked from a
+    # fresh interpreter: this one runs threads, which fork() does not carry.
+    code = """
+import os
+from django_perfkit.versions.tokens import init_seed
+init_seed()
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(write, init_seed().encode())
+    os._exit(0)
+os.close(write)
+child = os.read(read, 64).decode()
+os.waitpid(pid, 0)
+print(child, init_seed())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    child, parent = out.stdout.split()
+    assert len(child) == len(parent) == 12 and child != parent
